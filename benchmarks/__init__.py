@@ -1,0 +1,1 @@
+"""Latency and throughput benchmarks, in-process and over gRPC. Never imports torch."""

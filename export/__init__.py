@@ -1,0 +1,1 @@
+"""ONNX export, quantisation and the report. Importing this package loads no torch."""

@@ -1,0 +1,1 @@
+"""Generated Open Inference Protocol stubs. Regenerate with `python -m edgecnn.protos.generate`."""

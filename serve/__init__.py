@@ -1,0 +1,1 @@
+"""The Open Inference Protocol gRPC server on onnxruntime. Never imports torch."""

@@ -1,0 +1,1 @@
+"""Training: datasets, the model registry, the training loop and run directories."""
