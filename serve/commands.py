@@ -1,7 +1,89 @@
-"""CLI commands of this part (placeholder until implemented)."""
+"""`edgecnn serve` and `edgecnn predict`. Heavy imports stay inside the commands (fast --help)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from edgecnn.serve.settings import Provider, ServeSettings, help_of
+
+S = ServeSettings  # its class attributes are the defaults
+
+
+def _option(name: str, **kwargs):
+    return typer.Option(help=help_of(name), **kwargs)
+
+
+def serve(
+    model: Annotated[Path, typer.Argument(help=help_of("model"), show_default=False)],
+    host: Annotated[str, _option("host")] = S.host,
+    port: Annotated[int, _option("port")] = S.port,
+    metrics: Annotated[bool, _option("metrics")] = S.metrics,
+    metrics_port: Annotated[int, _option("metrics_port")] = S.metrics_port,
+    provider: Annotated[Provider, _option("provider")] = S.provider,
+    max_batch_size: Annotated[int, _option("max_batch_size")] = S.max_batch_size,
+    max_queue_delay_us: Annotated[int, _option("max_queue_delay_us")] = S.max_queue_delay_us,
+    max_queue_size: Annotated[int, _option("max_queue_size")] = S.max_queue_size,
+    workers: Annotated[int, _option("workers")] = S.workers,
+    intra_op_threads: Annotated[int, _option("intra_op_threads")] = S.intra_op_threads,
+    inter_op_threads: Annotated[int, _option("inter_op_threads")] = S.inter_op_threads,
+    ort_spinning: Annotated[bool, _option("ort_spinning")] = S.ort_spinning,
+    decode_threads: Annotated[int, _option("decode_threads")] = S.decode_threads,
+    max_message_bytes: Annotated[int, _option("max_message_bytes")] = S.max_message_bytes,
+    grace: Annotated[float, _option("grace")] = S.grace,
+    log_level: Annotated[str, _option("log_level")] = S.log_level,
+) -> None:
+    """Serve MODEL.onnx or a model repository over the Open Inference Protocol (gRPC), with dynamic batching."""
+    flags = dict(locals())  # every parameter above is a ServeSettings field of the same name
+    from edgecnn.export.metadata import MetadataError
+    from edgecnn.serve.model import ProviderUnavailable
+    from edgecnn.serve.server import run
+
+    try:
+        code = run(ServeSettings(**flags))
+    except (ValueError, FileNotFoundError, MetadataError, ProviderUnavailable, RuntimeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def predict(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG, ...), decoded by the server.", exists=True, dir_okay=False)
+    ],
+    server: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "localhost:8001",
+    model: Annotated[str, typer.Option(help="Model name (default: the only model the server serves).")] = "",
+    version: Annotated[str, typer.Option(help="Model version (default: the highest).")] = "",
+    top_k: Annotated[int, typer.Option(help="Labels to show per image.", min=1)] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 10.0,
+) -> None:
+    """Classify images with a running `edgecnn serve` and print the top labels and scores."""
+    import grpc
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecnn.serve.client import InferenceClient
+
+    try:
+        with InferenceClient(server, timeout=timeout) as client:
+            result = client.infer(model, [path.read_bytes() for path in images], version=version, top_k=top_k)
+    except grpc.RpcError as error:
+        details = (error.details() or "").splitlines()[0] if error.details() else ""
+        typer.echo(f"error: {server}: {error.code().name}: {details}", err=True)
+        raise typer.Exit(1) from None
+
+    table = Table(title=f"{result.model_name} (version {result.model_version}) at {server}")
+    for column in ("image", "rank", "label", "index", "score"):
+        table.add_column(column, justify="left" if column in ("image", "label") else "right")
+    for path, classes in zip(images, result.top_k):
+        for rank, c in enumerate(classes, start=1):
+            table.add_row(str(path) if rank == 1 else "", str(rank), c.label, str(c.index), f"{c.score:.4f}")
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the root `edgecnn` app."""
+    app.command()(serve)
+    app.command()(predict)

@@ -31,5 +31,18 @@ def decode_image(data: bytes, height: int, width: int, channels: int) -> np.ndar
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return to_array(image, height, width, channels)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"not an image format Pillow reads ({len(data)} bytes)") from exc
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): {exc}") from exc
+
+
+def decode_images(items: list[bytes], height: int, width: int, channels: int) -> np.ndarray:
+    """Decode a request's encoded images into one ``(n, height, width, channels)`` uint8 batch."""
+    batch = np.empty((len(items), height, width, channels), dtype=np.uint8)
+    for i, data in enumerate(items):
+        try:
+            batch[i] = decode_image(data, height, width, channels)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"image {i}: {exc}") from exc
+    return batch

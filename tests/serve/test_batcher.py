@@ -1,0 +1,154 @@
+"""The dynamic batcher on a real onnxruntime session: merging, order, limits, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgecnn.serve.batcher import Batcher
+from edgecnn.serve.errors import DeadlinePassed, QueueFull
+from edgecnn.serve.metrics import Metrics
+from edgecnn.serve.model import load_model
+from tests.serve.support import Gate, settings_for
+from tests.tiny_models import random_images, reference_outputs
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_model(tiny_model, settings_for(tiny_model))
+
+
+def run_with_batcher(model, scenario, **limits):
+    """Run ``scenario(batcher, gate)`` on a fresh event loop with a started batcher and a closed gate."""
+    options = dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=16) | limits
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor, Gate(model) as gate:
+            batcher = Batcher(model, executor=executor, metrics=Metrics().for_model("tiny", "1"), **options)
+            try:
+                return await scenario(batcher, gate)
+            finally:
+                gate.open()
+                await batcher.stop()
+
+    return asyncio.run(main())
+
+
+async def hold_a_batch(batcher, gate) -> asyncio.Future:
+    """A one-image request, running and held at the gate: later requests queue behind it."""
+    running = asyncio.ensure_future(batcher.infer(random_images(1)))
+    await asyncio.get_running_loop().run_in_executor(None, gate.entered.wait, 10)
+    return running
+
+
+async def queued(batcher, count: int) -> None:
+    while batcher.queue_depth != count:
+        await asyncio.sleep(0.001)
+
+
+def test_idle_batcher_runs_a_request_at_once_even_with_a_long_queue_delay(model, tiny_model):
+    images = random_images(2)
+
+    async def scenario(batcher, gate):
+        gate.open()
+        # An idle batcher must not wait max_queue_delay (60 s here) for company.
+        return await asyncio.wait_for(batcher.infer(images), timeout=30)
+
+    result = run_with_batcher(model, scenario, max_queue_delay_us=60_000_000)
+    assert result.batch_size == 2
+    np.testing.assert_allclose(result.outputs[0], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
+
+
+def test_requests_queued_behind_a_running_batch_merge_and_split_in_order(model, tiny_model):
+    later = [random_images(n, seed=10 + n) for n in (2, 3, 1)]
+
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        tasks = [asyncio.ensure_future(batcher.infer(images)) for images in later]
+        await queued(batcher, 3)
+        gate.open()
+        return await running, await asyncio.gather(*tasks)
+
+    held, results = run_with_batcher(model, scenario)
+    assert held.batch_size == 1
+    for images, result in zip(later, results):
+        assert result.batch_size == 6
+        reference = reference_outputs(tiny_model, images)
+        np.testing.assert_allclose(result.outputs[0], reference["logits"], rtol=1e-6)
+        np.testing.assert_allclose(result.outputs[1], reference["probabilities"], rtol=1e-6)
+
+
+def test_batches_respect_max_batch_size_and_a_larger_request_runs_alone(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        tasks = [asyncio.ensure_future(batcher.infer(random_images(n))) for n in (3, 2, 6, 1)]
+        await queued(batcher, 4)
+        gate.open()
+        await running
+        return [r.batch_size for r in await asyncio.gather(*tasks)], gate.batches
+
+    sizes, batches = run_with_batcher(model, scenario, max_batch_size=4)
+    assert batches == [1, 3, 2, 6, 1]
+    assert sizes == [3, 2, 6, 1]
+
+
+def test_busy_batcher_waits_for_company_up_to_the_queue_delay(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        waiting = asyncio.ensure_future(batcher.infer(random_images(1)))
+        await queued(batcher, 1)
+        gate.open()
+        await running
+        # The batch that ran is done; the queued request now waits (60 s allowed) for a second one.
+        await asyncio.sleep(0.05)
+        company = asyncio.ensure_future(batcher.infer(random_images(1)))
+        return (await waiting).batch_size, (await company).batch_size
+
+    assert run_with_batcher(model, scenario, max_batch_size=2, max_queue_delay_us=60_000_000) == (2, 2)
+
+
+def test_full_queue_is_refused(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        queued_tasks = [asyncio.ensure_future(batcher.infer(random_images(1))) for _ in range(2)]
+        await queued(batcher, 2)
+        with pytest.raises(QueueFull, match="max-queue-size"):
+            await batcher.infer(random_images(1))
+        gate.open()
+        await asyncio.gather(running, *queued_tasks)
+
+    run_with_batcher(model, scenario, max_queue_size=2)
+
+
+def test_request_whose_deadline_passed_in_the_queue_is_never_computed(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        loop = asyncio.get_running_loop()
+        expired = asyncio.ensure_future(batcher.infer(random_images(5), deadline=loop.time() + 0.01))
+        await asyncio.sleep(0.05)
+        gate.open()
+        await running
+        with pytest.raises(DeadlinePassed):
+            await expired
+        return gate.batches
+
+    assert run_with_batcher(model, scenario) == [1]
+
+
+def test_cancelled_request_leaves_the_queue_and_is_never_computed(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        cancelled = asyncio.ensure_future(batcher.infer(random_images(5)))
+        await queued(batcher, 1)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert batcher.queue_depth == 0 and batcher._queued_images == 0
+        gate.open()
+        await running
+        await asyncio.sleep(0.01)
+        return gate.batches
+
+    assert run_with_batcher(model, scenario) == [1]
