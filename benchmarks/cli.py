@@ -1,7 +1,126 @@
-"""CLI commands of this part (placeholder until implemented)."""
+"""`edgecnn bench` and `edgecnn demo`. Flags, defaults and help come from BenchSettings and DemoSettings;
+heavy imports happen inside the commands, so `edgecnn --help` stays instant and torch-free."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+
+from edgecnn.benchmarks.settings import BenchSettings, DemoSettings, help_of
+
+B, D = BenchSettings(), DemoSettings()
+
+
+def _bench(name: str, *flags: str) -> typer.models.OptionInfo:
+    return typer.Option(*flags, **help_of(BenchSettings, name))
+
+
+def _csv(values: tuple) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _parse(text: str, kind: type) -> tuple:
+    return tuple(kind(v) for v in text.split(",") if v.strip())
+
+
+def bench(
+    models: Annotated[Optional[list[Path]], typer.Argument(
+        help="ONNX model file(s), e.g. fp32 and int8 variants: benchmarked in-process, and the compute floor "
+        "of the served model.", show_default=False)] = None,
+    providers: Annotated[str, _bench("providers", "--provider")] = _csv(B.providers),
+    batch_sizes: Annotated[str, _bench("batch_sizes")] = _csv(B.batch_sizes),
+    threads: Annotated[int, _bench("threads")] = B.threads,
+    warmup_s: Annotated[float, _bench("warmup_s", "--warmup")] = B.warmup_s,
+    window_s: Annotated[float, _bench("window_s", "--window")] = B.window_s,
+    stability: Annotated[float, _bench("stability")] = B.stability,
+    max_seconds: Annotated[float, _bench("max_seconds")] = B.max_seconds,
+    server: Annotated[str, _bench("server")] = B.server,
+    start_server: Annotated[bool, _bench("start_server")] = B.start_server,
+    server_args: Annotated[str, _bench("server_args")] = B.server_args,
+    model: Annotated[str, _bench("model")] = B.model,
+    model_version: Annotated[str, _bench("model_version")] = B.model_version,
+    batch_size: Annotated[int, _bench("batch_size")] = B.batch_size,
+    concurrency: Annotated[str, _bench("concurrency")] = _csv(B.concurrency),
+    rates: Annotated[str, _bench("rates", "--rate")] = _csv(B.rates),
+    scenarios: Annotated[str, _bench("scenarios", "--scenario")] = _csv(B.scenarios),
+    latency_bound_ms: Annotated[float, _bench("latency_bound_ms")] = B.latency_bound_ms,
+    search_steps: Annotated[int, _bench("search_steps")] = B.search_steps,
+    point_warmup_s: Annotated[float, _bench("point_warmup_s", "--point-warmup")] = B.point_warmup_s,
+    duration_s: Annotated[float, _bench("duration_s", "--duration")] = B.duration_s,
+    clients: Annotated[int, _bench("clients")] = B.clients,
+    images: Annotated[str, _bench("images")] = B.images,
+    distinct_requests: Annotated[int, _bench("distinct_requests")] = B.distinct_requests,
+    timeout_s: Annotated[float, _bench("timeout_s", "--timeout")] = B.timeout_s,
+    floors: Annotated[bool, _bench("floors")] = B.floors,
+    seed: Annotated[int, _bench("seed")] = B.seed,
+    out: Annotated[str, _bench("out")] = B.out,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
+        help="Print the ratios B/A of two bench.json files (two devices, or two variants) and exit.",
+        rich_help_panel="Output", show_default=False)] = None,
+) -> None:
+    """Latency and throughput, in-process and over gRPC, with the transport and compute floors. Runs without torch."""
+    from rich.console import Console
+
+    from edgecnn.benchmarks.compare import print_comparison
+    from edgecnn.benchmarks.tables import print_report
+
+    console = Console(width=None if sys.stdout.isatty() else 120)  # piped into a file: keep the tables whole
+    if compare:
+        print_comparison(*compare, console=console)
+        return
+    try:
+        settings = BenchSettings(
+            providers=_parse(providers, str), batch_sizes=_parse(batch_sizes, int), threads=threads,
+            warmup_s=warmup_s, window_s=window_s, stability=stability, max_seconds=max_seconds,
+            server=server, start_server=start_server, server_args=server_args, model=model,
+            model_version=model_version, batch_size=batch_size, concurrency=_parse(concurrency, int),
+            rates=_parse(rates, float), scenarios=_parse(scenarios, str), latency_bound_ms=latency_bound_ms,
+            search_steps=search_steps, point_warmup_s=point_warmup_s, duration_s=duration_s, clients=clients,
+            images=images, distinct_requests=distinct_requests, timeout_s=timeout_s, floors=floors, seed=seed, out=out,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    from edgecnn.benchmarks.bench import run_bench
+
+    command = "edgecnn bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    try:
+        outcome = run_bench(list(models or []), settings, command, progress=console.print)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_report(outcome.report, console)
+    console.print(f"wrote {outcome.json_path}, bench.md and {len(outcome.plots)} plot(s) in {outcome.json_path.parent}")
+
+
+def _demo(name: str) -> typer.models.OptionInfo:
+    return typer.Option(**help_of(DemoSettings, name))
+
+
+def demo(
+    out: Annotated[str, _demo("out")] = D.out,
+    model: Annotated[str, _demo("model")] = D.model,
+    epochs: Annotated[int, _demo("epochs")] = D.epochs,
+    images: Annotated[int, _demo("images")] = D.images,
+    top_k: Annotated[int, _demo("top_k")] = D.top_k,
+    bench_seconds: Annotated[float, _demo("bench_seconds")] = D.bench_seconds,
+    seed: Annotated[int, _demo("seed")] = D.seed,
+) -> None:
+    """The whole pipeline on the embedded MNIST set: train, export fp32 + int8, serve, classify over gRPC, benchmark."""
+    from rich.console import Console
+
+    from edgecnn.benchmarks.demo import run_demo
+
+    settings = DemoSettings(out=out, model=model, epochs=epochs, images=images, top_k=top_k,
+                            bench_seconds=bench_seconds, seed=seed)
+    run_demo(settings, Console(width=None if sys.stdout.isatty() else 120))
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the root `edgecnn` app."""
+    app.command("bench")(bench)
+    app.command("demo")(demo)

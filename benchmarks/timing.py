@@ -7,46 +7,18 @@ alternates the candidates (A B A B ...) and callers quote medians and ratios.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
 import numpy as np
 
+from edgecnn.benchmarks.stats import LatencyStats, summarize
 
-@dataclass(frozen=True)
-class LatencyStats:
-    count: int
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    items_per_s: float  # items (images) per second at the median latency
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+__all__ = ["LatencyStats", "summarize", "time_calls", "interleaved"]
 
 
-def summarize(seconds: np.ndarray | list[float], items_per_call: int = 1) -> LatencyStats:
-    """Percentiles (linear interpolation, as numpy) of per-call latencies in seconds."""
-    s = np.asarray(seconds, dtype=np.float64)
-    if s.size == 0:
-        raise ValueError("no samples to summarize")
-    p50, p90, p95, p99 = np.percentile(s, [50, 90, 95, 99])
-    return LatencyStats(
-        count=int(s.size),
-        mean_ms=float(s.mean() * 1e3),
-        p50_ms=float(p50 * 1e3),
-        p90_ms=float(p90 * 1e3),
-        p95_ms=float(p95 * 1e3),
-        p99_ms=float(p99 * 1e3),
-        max_ms=float(s.max() * 1e3),
-        items_per_s=float(items_per_call / p50) if p50 > 0 else float("inf"),
-    )
-
-
-def time_calls(fn: Callable[[], object], *, warmup: int = 3, min_calls: int = 10, min_seconds: float = 0.5) -> np.ndarray:
+def time_calls(
+    fn: Callable[[], object], *, warmup: int = 3, min_calls: int = 10, min_seconds: float = 0.5
+) -> np.ndarray:
     """Call ``fn`` until both ``min_calls`` and ``min_seconds`` are reached; seconds per call."""
     for _ in range(warmup):
         fn()

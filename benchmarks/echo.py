@@ -1,0 +1,105 @@
+"""The transport floor: a bare Open Inference Protocol server that answers ModelInfer without compute.
+
+    python -m edgecnn.benchmarks.echo [--port 0] [--response FILE] [--metadata FILE]
+
+It is the same server flavour as `edgecnn serve` (grpc.aio, one event loop, the same message size
+limits), so the difference between the two is the model's work, the batcher and the codec, not gRPC.
+Each request is parsed (a real server must parse it too) and answered with a canned response: the
+serialised ModelInferResponse in ``--response``, captured from the real server so both send the
+same outputs back (less its parameters: the echo claims no queue or compute time), or, without it,
+the request's own inputs as outputs. ``--metadata`` holds a serialised ModelMetadataResponse to
+answer ModelMetadata with. It prints ``LISTENING <port>`` when ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+import grpc
+
+from edgecnn.protos import grpc_predict_v2_pb2 as pb
+
+SERVICE = "inference.GRPCInferenceService"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # edgecnn serve's default --max-message-bytes
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def echo_response(request: pb.ModelInferRequest) -> bytes:
+    """The request's inputs sent back as outputs: the response when no canned one is given."""
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    for tensor in request.inputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+    response.raw_output_contents.extend(request.raw_input_contents)
+    return response.SerializeToString()
+
+
+def without_parameters(response: bytes) -> bytes:
+    """A captured response minus its parameters: the echo must not claim the real server's queue/compute times."""
+    message = pb.ModelInferResponse.FromString(response)
+    message.parameters.clear()
+    return message.SerializeToString()
+
+
+def build_server(port: int, response: bytes | None, metadata: bytes | None) -> tuple[grpc.aio.Server, int]:
+    async def model_infer(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = pb.ModelInferRequest.FromString(raw)
+        return response if response is not None else echo_response(request)
+
+    async def model_metadata(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if metadata is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "echo server started without --metadata")
+        return metadata
+
+    async def server_live(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerLiveResponse(live=True).SerializeToString()
+
+    async def server_ready(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerReadyResponse(ready=True).SerializeToString()
+
+    # No (de)serialisers: handlers get and return bytes, so the echo does no protobuf work beyond the parse.
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(fn)
+        for name, fn in {
+            "ModelInfer": model_infer,
+            "ModelMetadata": model_metadata,
+            "ServerLive": server_live,
+            "ServerReady": server_ready,
+        }.items()
+    }
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    return server, bound
+
+
+async def serve(port: int, response: bytes | None, metadata: bytes | None) -> None:
+    server, bound = build_server(port, response, metadata)
+    await server.start()
+    print(f"LISTENING {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--response", type=Path, help="serialised ModelInferResponse to answer every ModelInfer with")
+    parser.add_argument("--metadata", type=Path, help="serialised ModelMetadataResponse to answer ModelMetadata with")
+    args = parser.parse_args(argv)
+    response = without_parameters(args.response.read_bytes()) if args.response else None
+    metadata = args.metadata.read_bytes() if args.metadata else None
+    asyncio.run(serve(args.port, response, metadata))
+
+
+if __name__ == "__main__":
+    main()

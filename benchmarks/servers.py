@@ -1,0 +1,112 @@
+"""Servers the benchmarks start themselves, each in its own process: the echo server (transport
+floor) and `edgecnn serve`. Both are context managers that always stop what they started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from edgecnn.benchmarks.payload import wait_until_ready
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def start_echo_server(response: bytes | None = None, metadata: bytes | None = None) -> Iterator[ServerProcess]:
+    """The echo server (benchmarks/echo.py) on a free loopback port, answering with ``response``."""
+    with tempfile.TemporaryDirectory(prefix="edgecnn-echo-") as tmp:
+        command = [sys.executable, "-m", "edgecnn.benchmarks.echo", "--port", "0"]
+        for flag, payload in (("--response", response), ("--metadata", metadata)):
+            if payload is not None:
+                path = Path(tmp) / flag.lstrip("-")
+                path.write_bytes(payload)
+                command += [flag, str(path)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            yield ServerProcess(process, _announced_port(process))
+        finally:
+            stop_process(process)
+
+
+@contextlib.contextmanager
+def start_edgecnn_server(
+    model: str | Path, extra_args: str | Sequence[str] = (), log: Path | None = None
+) -> Iterator[ServerProcess]:
+    """`edgecnn serve MODEL` on a free loopback port (metrics on any free port), until the block ends.
+
+    ``extra_args`` are more `edgecnn serve` flags, e.g. "--max-batch-size 1". Its logs go to ``log``
+    (or are discarded): a benchmark's terminal stays readable.
+    """
+    port = free_port()
+    args = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
+    command = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(model),
+               "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args]
+    with open(log, "ab") if log else open(os.devnull, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=sink)
+        try:
+            server = ServerProcess(process, port)
+            _wait_ready(server)
+            yield server
+        finally:
+            stop_process(process)
+
+
+def _wait_ready(server: ServerProcess) -> None:
+    try:
+        wait_until_ready(server.address, READY_TIMEOUT_S)
+    except TimeoutError:
+        code = server.process.poll()
+        raise RuntimeError(f"edgecnn serve did not become ready (exit code {code}); see its log") from None
+
+
+def free_port() -> int:
+    """A loopback port free right now (another process could take it before we bind it: rare)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _announced_port(process: subprocess.Popen) -> int:
+    """The port from the echo server's ``LISTENING <port>`` line."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT_S)
+    line = process.stdout.readline() if readable else ""
+    if not line.startswith("LISTENING "):
+        raise RuntimeError(f"echo server did not start (exit code {process.poll()}, said {line!r})")
+    return int(line.split()[1])
