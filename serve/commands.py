@@ -30,6 +30,7 @@ def serve(
     intra_op_threads: Annotated[int, _option("intra_op_threads")] = S.intra_op_threads,
     inter_op_threads: Annotated[int, _option("inter_op_threads")] = S.inter_op_threads,
     ort_spinning: Annotated[bool, _option("ort_spinning")] = S.ort_spinning,
+    gil_switch_interval_us: Annotated[int, _option("gil_switch_interval_us")] = S.gil_switch_interval_us,
     decode_threads: Annotated[int, _option("decode_threads")] = S.decode_threads,
     max_message_bytes: Annotated[int, _option("max_message_bytes")] = S.max_message_bytes,
     grace: Annotated[float, _option("grace")] = S.grace,

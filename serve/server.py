@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,7 @@ def run(settings: ServeSettings) -> int:
 
 
 async def _serve_until_signal(settings: ServeSettings) -> int:
+    sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)  # process-wide: only where we own the process
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
