@@ -1,1 +1,12 @@
-"""Training: datasets, the model registry, the training loop and run directories."""
+"""Training: datasets, the model registry, the training loop and run directories.
+
+A map, in the order data flows:
+- ``data``: datasets by name (``DatasetSpec``, ``load_splits``), with readers in ``idx``, ``cifar``,
+  ``folder`` and downloads in ``download``; ``imageset`` holds ``ImageSet`` and ``DatasetError``.
+- ``models``: ``create_model(name, ...)`` over a registry filled by ``register_model``.
+- ``settings``: ``TrainSettings``, every tunable with its default (the CLI's defaults).
+- ``trainer``: ``train(settings)`` and ``resume(run_dir)``; ``augment``, ``normalisation``,
+  ``tensors`` and ``progress`` serve it.
+- ``checkpoint``: the run directory (``load_run``, ``RunDirError``); ``files``: atomic writes.
+- ``evaluate``: ``evaluate_run(run_dir)``; ``plots``: the run's figures; ``cli``: the commands.
+"""

@@ -1,7 +1,185 @@
-"""CLI commands of this part (placeholder until implemented)."""
+"""`edgecnn train` and `edgecnn evaluate`.
+
+Torch-free at import: torch loads inside the commands, so `edgecnn --help` stays instant.
+Option defaults come from TrainSettings, the one place they are defined.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecnn.train.data import DATASETS, DatasetError, DatasetSpec
+from edgecnn.train.settings import DEVICES, LR_SCHEDULES, OPTIMIZERS, SettingsError, TrainSettings
+
+DEFAULTS = TrainSettings()
+RESUMABLE_OPTIONS = {"resume", "epochs", "device", "threads", "progress"}  # what --resume lets you change
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the root `edgecnn` app."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+
+
+def _fail(message: str) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input, shown as one line; anything else is a bug and keeps its traceback."""
+    from edgecnn.train.checkpoint import RunDirError
+    from edgecnn.train.models import ModelConfigError
+
+    return DatasetError, RunDirError, ModelConfigError, SettingsError
+
+
+def _image_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not HEIGHTxWIDTH (e.g. 64x64) or one number") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise typer.BadParameter(f"{text!r} is not HEIGHTxWIDTH (e.g. 64x64) or one number")
+    return (parts[0], parts[-1])
+
+
+def _model_options(
+    padding: Optional[str], stride: Optional[int], pool: Optional[str], pairs: list[str]
+) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    chosen = {"padding": padding, "stride": stride, "pool": pool}
+    options.update({k: v for k, v in chosen.items() if v is not None})
+    return options
+
+
+def train_command(
+    ctx: typer.Context,
+    dataset: str = typer.Option(DEFAULTS.dataset, help=f"Dataset: {', '.join(DATASETS)}."),
+    data_dir: Optional[str] = typer.Option(
+        DEFAULTS.data_dir, help="Folder with the dataset files (downloaded there when missing). Without it, "
+        "mnist uses the embedded MNIST set and the others a cache folder under ~/.cache/edgecnn."),
+    image_size: Optional[str] = typer.Option(
+        None, help="folder dataset: resize images to HEIGHTxWIDTH (default: the size of the first image)."),
+    channels: Optional[int] = typer.Option(
+        DEFAULTS.channels, help="folder dataset: 1 for grayscale, 3 for RGB (default: as the first image)."),
+    download: bool = typer.Option(DEFAULTS.download, help="Download missing public dataset files (MD5-checked)."),
+    mirror: Optional[str] = typer.Option(DEFAULTS.mirror, help="Base URL to download dataset files from instead."),
+    val_split: float = typer.Option(
+        DEFAULTS.val_split, help="Share of the training images held out (per class, under --seed) to pick the "
+        "best epoch and stop early; 0 keeps the last epoch."),
+    model: str = typer.Option(DEFAULTS.model, help="Model architecture by name (an unknown name lists them all)."),
+    padding: Optional[str] = typer.Option(None, help="Seed CNNs: convolution padding, valid, same or full."),
+    stride: Optional[int] = typer.Option(None, help="Seed CNNs: convolution stride."),
+    pool: Optional[str] = typer.Option(None, help="Seed CNNs: pooling, max or avg."),
+    option: list[str] = typer.Option([], help="Other model option as KEY=VALUE, e.g. width=48 (repeatable)."),
+    epochs: int = typer.Option(DEFAULTS.epochs, help="Passes over the training images."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per optimizer step."),
+    optimizer: str = typer.Option(DEFAULTS.optimizer, help=f"Optimizer: {', '.join(OPTIMIZERS)}."),
+    lr: float = typer.Option(DEFAULTS.learning_rate, help="Base learning rate."),
+    weight_decay: float = typer.Option(DEFAULTS.weight_decay, help="L2 weight decay."),
+    lr_schedule: str = typer.Option(
+        DEFAULTS.lr_schedule, help=f"Learning-rate schedule over the run: {', '.join(LR_SCHEDULES)}."),
+    label_smoothing: float = typer.Option(DEFAULTS.label_smoothing, help="Cross-entropy label smoothing."),
+    patience: int = typer.Option(
+        DEFAULTS.patience, help="Stop after this many epochs without a better validation accuracy; 0 never stops."),
+    rotation: float = typer.Option(DEFAULTS.rotation, help="Augmentation: random rotation up to this many degrees."),
+    shift: float = typer.Option(
+        DEFAULTS.shift, help="Augmentation: random width/height shift up to this fraction of the image."),
+    hflip: Optional[bool] = typer.Option(
+        DEFAULTS.hflip, "--hflip/--no-hflip",
+        help="Augmentation: random horizontal flips (default: on for fashion-mnist and cifar10, off for digits "
+        "and folders)."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Random seed: same seed, same data split and same weights."),
+    device: str = typer.Option(DEFAULTS.device, help=f"Where to train: {', '.join(DEVICES)}."),
+    threads: Optional[int] = typer.Option(DEFAULTS.threads, help="CPU threads for torch (default: all usable cores)."),
+    output_dir: str = typer.Option(DEFAULTS.output_dir, help="Parent folder of new run directories."),
+    run_dir: Optional[str] = typer.Option(
+        DEFAULTS.run_dir, help="Run directory to create (default: OUTPUT_DIR/MODEL-DATASET-TIME)."),
+    resume: Optional[str] = typer.Option(
+        None, help="Continue this run directory from its last epoch with its own settings "
+        "(only --epochs, --device and --threads may change)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train an image classifier; writes a run directory with weights, run.json and plots."""
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    settings = TrainSettings(
+        dataset=dataset, data_dir=data_dir, image_size=_image_size(image_size), channels=channels,
+        download=download, mirror=mirror, val_split=val_split, model=model,
+        model_options=_model_options(padding, stride, pool, option), epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer, learning_rate=lr, weight_decay=weight_decay, lr_schedule=lr_schedule,
+        label_smoothing=label_smoothing, patience=patience, rotation=rotation, shift=shift, hflip=hflip,
+        seed=seed, device=device, threads=threads, output_dir=output_dir, run_dir=run_dir,
+    )
+    try:
+        from edgecnn.train import trainer
+
+        if resume:
+            fixed = sorted(given - RESUMABLE_OPTIONS)
+            if fixed:
+                option = "--" + fixed[0].replace("_", "-")
+                raise SettingsError(f"--resume continues a run with its own settings; drop {option}")
+            trainer.resume(resume, epochs=epochs if "epochs" in given else None,
+                           device=device if "device" in given else None, threads=threads,
+                           progress=progress, console=stderr)
+        else:
+            trainer.train(settings, progress=progress, console=stderr)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `edgecnn train`."),
+    dataset: Optional[str] = typer.Option(None, help="Evaluate on this dataset instead of the run's own."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the dataset files (default: the run's own)."),
+    download: bool = typer.Option(True, help="Download missing public dataset files (MD5-checked)."),
+    device: str = typer.Option("cpu", help="Where to run the model: cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of tables."),
+) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a run's best weights on a test split."""
+    try:
+        from edgecnn.train.checkpoint import read_run_info
+        from edgecnn.train.evaluate import evaluate_run
+
+        spec = None
+        if dataset or data_dir:
+            own = read_run_info(run_dir).get("dataset", {})
+            spec = DatasetSpec.from_json({**own, "name": dataset or own.get("name", "mnist"), "data_dir": data_dir,
+                                          "download": download})
+        result = evaluate_run(run_dir, spec, device=device)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _print_evaluation(result)
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"[bold]accuracy {result['accuracy']:.4f}[/] on {result['count']:,} images ({result['source']})")
+    per_class = Table("class", "accuracy", "images", title="per-class accuracy")
+    for label, row in zip(result["labels"], result["confusion_matrix"]):
+        per_class.add_row(label, f"{result['per_class_accuracy'][label]:.4f}", str(sum(row)))
+    console.print(per_class)
+    confusion = Table("true \\ predicted", *result["labels"], title="confusion matrix")
+    for i, (label, row) in enumerate(zip(result["labels"], result["confusion_matrix"])):
+        confusion.add_row(label, *(f"[bold]{n}[/]" if i == j else str(n) for j, n in enumerate(row)))
+    console.print(confusion)

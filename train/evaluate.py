@@ -1,0 +1,83 @@
+"""Accuracy, per-class accuracy and the confusion matrix of a model on a dataset split."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecnn.train.checkpoint import RunDirError, load_run
+from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
+from edgecnn.train.imageset import ImageSet
+from edgecnn.train.normalisation import Normalisation
+from edgecnn.train.tensors import DeviceImages
+
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DeviceImages) -> tuple[np.ndarray, float]:
+    """(predicted labels, mean cross-entropy loss) of ``model`` in eval mode over ``data``."""
+    model.eval()
+    predictions, total_loss = [], 0.0
+    for images, labels in data.batches(EVAL_BATCH):
+        logits = model(images)
+        total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        predictions.append(logits.argmax(1).cpu())
+    return torch.cat(predictions).numpy(), total_loss / max(len(data), 1)
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j]: images of class i predicted as class j."""
+    flat = true.astype(np.int64) * num_classes + predicted.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def summarize(confusion: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "accuracy": float(confusion.diagonal().sum() / max(confusion.sum(), 1)),
+        "count": int(confusion.sum()),
+        "per_class_accuracy": {label: float(acc) for label, acc in zip(labels, per_class)},
+        "labels": list(labels),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path, spec: DatasetSpec | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """Evaluate the best weights of ``run_dir`` on the test split of ``spec`` (default: the run's own dataset)."""
+    loaded = load_run(run_dir, device=device)
+    info = loaded.info
+    shape = info["input"]
+    if spec is None:
+        if "dataset" not in info:
+            raise RunDirError(f"{Path(run_dir) / 'run.json'} does not name its dataset: pass --dataset")
+        spec = DatasetSpec.from_json(info["dataset"])
+    if spec.name == "folder":  # decode folder images at the size the model takes
+        spec = dataclasses.replace(spec, image_size=(shape["height"], shape["width"]), channels=shape["channels"])
+    _, test = load_splits(spec)
+    _check_fits(test, info)
+    data = DeviceImages(test, Normalisation.from_json(info["normalisation"]), torch.device(device))
+    predicted, loss = predict(loaded.model, data)
+    result = summarize(confusion_matrix(test.labels, predicted, len(info["labels"])), info["labels"])
+    return {"run_dir": str(run_dir), "dataset": spec.name, "source": test.source, "loss": loss, **result}
+
+
+def _check_fits(test: ImageSet, info: dict[str, Any]) -> None:
+    shape = info["input"]
+    expected = (shape["height"], shape["width"], shape["channels"])
+    found = (test.height, test.width, test.channels)
+    if found != expected:
+        raise DatasetError(
+            f"{test.source} holds {'x'.join(map(str, found))} images but the model takes {'x'.join(map(str, expected))}"
+        )
+    if len(test.class_names) != len(info["labels"]):
+        raise DatasetError(
+            f"{test.source} has {len(test.class_names)} classes but the model predicts {len(info['labels'])}"
+        )
