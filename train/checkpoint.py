@@ -28,7 +28,7 @@ FORMAT = "edgecnn-run/1"
 RUN_JSON = "run.json"
 BEST_WEIGHTS = "model.safetensors"
 RESUME_STATE = "resume.safetensors"
-REQUIRED_KEYS = ("architecture", "model_options", "labels", "input")
+REQUIRED_KEYS = ("architecture", "model_options", "labels", "input", "normalisation")
 
 
 class RunDirError(Exception):

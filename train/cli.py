@@ -93,7 +93,9 @@ def train_command(
     epochs: int = typer.Option(DEFAULTS.epochs, help="Passes over the training images."),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per optimizer step."),
     optimizer: str = typer.Option(DEFAULTS.optimizer, help=f"Optimizer: {', '.join(OPTIMIZERS)}."),
-    lr: float = typer.Option(DEFAULTS.learning_rate, help="Base learning rate."),
+    lr: Optional[float] = typer.Option(
+        DEFAULTS.learning_rate, help="Base learning rate (default: the model's own, 1e-3 for the seed CNNs as in "
+        "the seeds, 2e-3 for resnet-small)."),
     weight_decay: float = typer.Option(DEFAULTS.weight_decay, help="L2 weight decay."),
     lr_schedule: str = typer.Option(
         DEFAULTS.lr_schedule, help=f"Learning-rate schedule over the run: {', '.join(LR_SCHEDULES)}."),
@@ -114,8 +116,8 @@ def train_command(
     run_dir: Optional[str] = typer.Option(
         DEFAULTS.run_dir, help="Run directory to create (default: OUTPUT_DIR/MODEL-DATASET-TIME)."),
     resume: Optional[str] = typer.Option(
-        None, help="Continue this run directory from its last epoch with its own settings "
-        "(only --epochs, --device and --threads may change)."),
+        None, help="Continue this run directory from its last epoch with its own settings (only --epochs, "
+        "--device and --threads may change; more --epochs stretch the learning-rate schedule)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train an image classifier; writes a run directory with weights, run.json and plots."""

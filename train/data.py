@@ -159,16 +159,16 @@ def _load_idx(spec: DatasetSpec, log: Log) -> tuple[ImageSet, ImageSet]:
         return (images, labels) if images and labels else None
 
     test_files = pair("t10k")
-    has_train_files = any(_idx_file(directory, f"train-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
-    if test_files and not has_train_files:
+    any_train_file = _idx_file(directory, "train-images-idx3-ubyte") or _idx_file(directory, "train-labels-idx1-ubyte")
+    if test_files and not any_train_file:
         return _agreed_split(spec, public, test_files, directory, embedded)
     if not (test_files and pair("train")):
         _fetch(spec, public, directory, log)
     train_files, test_files = pair("train"), pair("t10k")
     assert train_files and test_files
     return (
-        _idx_set(spec, public, train_files, slice(None), f"{spec.name} training files in {directory}"),
-        _idx_set(spec, public, test_files, slice(None), f"{spec.name} t10k test files in {directory}"),
+        _idx_set(spec, public, train_files, f"{spec.name} training files in {directory}"),
+        _idx_set(spec, public, test_files, f"{spec.name} t10k test files in {directory}"),
     )
 
 
@@ -176,24 +176,22 @@ def _agreed_split(
     spec: DatasetSpec, public: PublicDataset, files: tuple[Path, Path], directory: Path, embedded: bool
 ) -> tuple[ImageSet, ImageSet]:
     where = "the embedded MNIST test set" if embedded else f"{spec.name} t10k files in {directory}"
-    whole = _idx_set(spec, public, files, slice(None), where)
+    whole = _idx_set(spec, public, files, where)
     if len(whole) <= AGREED_TRAIN_IMAGES:
         raise DatasetError(
             f"{files[0]} holds {len(whole)} images; the t10k-only split needs more than {AGREED_TRAIN_IMAGES}"
         )
-    first, rest = slice(0, AGREED_TRAIN_IMAGES), slice(AGREED_TRAIN_IMAGES, None)
+    first, last = AGREED_TRAIN_IMAGES, len(whole)
     return (
-        whole.subset(np.arange(len(whole))[first], f"{where}, images 0-{AGREED_TRAIN_IMAGES - 1}"),
-        whole.subset(np.arange(len(whole))[rest], f"{where}, images {AGREED_TRAIN_IMAGES}-{len(whole) - 1}"),
+        whole.subset(np.arange(first), f"{where}, images 0-{first - 1}"),
+        whole.subset(np.arange(first, last), f"{where}, images {first}-{last - 1}"),
     )
 
 
-def _idx_set(
-    spec: DatasetSpec, public: PublicDataset, files: tuple[Path, Path], rows: slice, source: str
-) -> ImageSet:
+def _idx_set(spec: DatasetSpec, public: PublicDataset, files: tuple[Path, Path], source: str) -> ImageSet:
     images, labels = read_idx_pair(*files)
     check_labels(labels, len(public.class_names), files[1])
-    return ImageSet(images[rows], labels[rows], list(public.class_names), spec.name, source)
+    return ImageSet(images, labels, list(public.class_names), spec.name, source)
 
 
 # --- CIFAR-10 -----------------------------------------------------------------------

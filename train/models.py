@@ -24,20 +24,29 @@ POOLS = ("max", "avg")
 _SHAPE_ARGUMENTS = ("in_channels", "num_classes", "image_size")
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+_LEARNING_RATES: dict[str, float] = {}
 
 
 class ModelConfigError(ValueError):
     """An unknown model name or options that do not fit the model or the image size."""
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(name: str, *, learning_rate: float = 1e-3) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory under ``name``, with the Adam learning rate it trains best at by default."""
+
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = factory
+        _LEARNING_RATES[name] = learning_rate
         return factory
 
     return decorator
+
+
+def default_learning_rate(name: str) -> float:
+    model_options(name)  # an unknown name raises ModelConfigError
+    return _LEARNING_RATES[name]
 
 
 def list_models() -> list[str]:
@@ -212,7 +221,9 @@ class ResNetSmall(nn.Module):
         return self.classifier(self.dropout(torch.flatten(x, 1)))
 
 
-@register_model("resnet-small")
+# Batch norm lets it train faster: on the MNIST split, 2e-3 beat 1e-3 on every seed tried (the seed CNNs,
+# without batch norm, do better at the seeds' 1e-3).
+@register_model("resnet-small", learning_rate=2e-3)
 def resnet_small(
     *, in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 32, dropout: float = 0.0
 ) -> ResNetSmall:

@@ -50,7 +50,7 @@ class TrainSettings:
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: the model's own default (models.default_learning_rate)
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     label_smoothing: float = 0.0
@@ -72,7 +72,7 @@ class TrainSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate or 1}
         for name, value in positive.items():
             if value <= 0:
                 raise SettingsError(f"{name} must be positive, got {value}")

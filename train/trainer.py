@@ -8,6 +8,7 @@ it is written atomically, so a failed start leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from edgecnn.train.augment import augment
 from edgecnn.train.data import load_splits, split_validation
 from edgecnn.train.evaluate import confusion_matrix, predict
 from edgecnn.train.imageset import ImageSet
-from edgecnn.train.models import check_options, create_model
+from edgecnn.train.models import check_options, create_model, default_learning_rate
 from edgecnn.train.normalisation import Normalisation
 from edgecnn.train.progress import EpochProgress
 from edgecnn.train.settings import Augmentation, SettingsError, TrainSettings
@@ -81,6 +82,8 @@ class Loop:
 
 def build_loop(settings: TrainSettings, train_set: ImageSet, normalise: Normalisation, device: torch.device) -> Loop:
     """A fresh model and optimizer for ``train_set``, seeded by ``settings.seed``."""
+    if settings.learning_rate is None:
+        settings = dataclasses.replace(settings, learning_rate=default_learning_rate(settings.model))
     torch.manual_seed(settings.seed)
     model = _model(settings, train_set).to(device)
     return Loop(
@@ -105,6 +108,7 @@ def _run(settings: TrainSettings, resume_dir: Path | None, progress: bool, conso
     train_set, val_set = split_validation(train_set, settings.val_split, settings.seed)
     normalise = Normalisation.of_images(train_set.images)
     loop = build_loop(settings, train_set, normalise, device)
+    settings = loop.settings  # with the learning rate filled in
     val_data = DeviceImages(val_set, normalise, device) if val_set else None
     run_dir = resume_dir or _new_run_dir(settings)
     info = _run_info(settings, train_set, val_set, test_set, normalise)

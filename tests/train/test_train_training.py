@@ -72,19 +72,30 @@ def test_best_weights_are_the_best_validation_epoch(run_dir: Path) -> None:
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(
-    small_mnist_dir: Path, run_dir: Path, tmp_path: Path
+    small_mnist_dir: Path, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first_epoch = train(small_settings(small_mnist_dir, tmp_path / "resumed", epochs=1), progress=False,
-                        console=quiet())
-    resume(first_epoch, epochs=2, progress=False, console=quiet())
+    from edgecnn.train import trainer
+
+    save_and_checkpoint = trainer._checkpoint
+
+    def interrupted_after_the_first_epoch(*args: object) -> None:
+        save_and_checkpoint(*args)
+        raise KeyboardInterrupt  # as a user's Ctrl-C right after epoch 1 is saved
+
+    monkeypatch.setattr(trainer, "_checkpoint", interrupted_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_settings(small_mnist_dir, tmp_path / "resumed"), progress=False, console=quiet())
+    monkeypatch.undo()
+    resumed_dir = resume(tmp_path / "resumed", progress=False, console=quiet())
+
     straight = load_file(str(run_dir / RESUME_STATE))
-    resumed = load_file(str(first_epoch / RESUME_STATE))
+    resumed = load_file(str(resumed_dir / RESUME_STATE))
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
-    info = json.loads((first_epoch / "run.json").read_text())
+    info = json.loads((resumed_dir / "run.json").read_text())
     assert [e["epoch"] for e in info["epochs"]] == [1, 2]
-    assert info["test_accuracy"] == pytest.approx(json.loads((run_dir / "run.json").read_text())["test_accuracy"])
+    assert info["test_accuracy"] == json.loads((run_dir / "run.json").read_text())["test_accuracy"]
 
 
 def test_bad_data_leaves_no_run_directory(tmp_path: Path) -> None:
@@ -167,6 +178,19 @@ def test_command_errors_are_one_clear_line(
     assert last_line.startswith("error:") and message in last_line
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(cli: typer.Typer) -> None:
+    result = CliRunner().invoke(cli, ["train", "--device", "cuda", "--no-progress"])
+    assert result.exit_code == 1 and "no usable CUDA device" in result.output
+
+
+def test_early_stopping_needs_a_validation_split() -> None:
+    from edgecnn.train.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="needs a validation split"):
+        train(TrainSettings(patience=2, val_split=0.0), progress=False, console=quiet())
+
+
 def test_resume_refuses_changed_settings(cli: typer.Typer, run_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir), "--lr", "0.1"])
     assert result.exit_code == 1 and "drop --lr" in result.output
@@ -184,6 +208,7 @@ def test_folder_dataset_trains_our_model_on_rgb_images(tmp_path: Path) -> None:
     assert info["labels"] == ["blue", "green", "red"]
     assert info["input"]["channels"] == 3 and info["input"]["height"] == 16
     assert len(info["normalisation"]["mean"]) == 3
+    assert info["hyperparameters"]["learning_rate"] == 2e-3  # resnet-small's own default
     assert info["hyperparameters"]["augmentation"] == {"rotation": 10, "shift": 0.1, "hflip": True, "enabled": True}
     _, test = load_splits(DatasetSpec(name="folder", data_dir=str(tmp_path / "images")))
     assert evaluate_run(run)["count"] == len(test)
