@@ -68,6 +68,9 @@ def bench(
     from edgecnn.benchmarks.compare import print_comparison
     from edgecnn.benchmarks.tables import print_report
 
+    from edgecnn.benchmarks.servers import exit_on_sigterm
+
+    exit_on_sigterm()
     console = Console(width=None if sys.stdout.isatty() else 120)  # piped into a file: keep the tables whole
     if compare:
         print_comparison(*compare, console=console)

@@ -36,7 +36,7 @@ from edgecnn.benchmarks.device import describe_device
 from edgecnn.benchmarks.inprocess import open_session, random_feed, resolve_provider
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
-from edgecnn.benchmarks.servers import start_echo_server, start_edgecnn_server
+from edgecnn.benchmarks.servers import exit_on_sigterm, start_echo_server, start_edgecnn_server
 from edgecnn.benchmarks.timing import time_calls
 from edgecnn.export.metadata import read_metadata
 
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the markdown block to this file")
     args = parser.parse_args(argv)
     command = "python -m edgecnn.benchmarks.serve_ratios " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    exit_on_sigterm()
     block = measure(args, command)
     print(block)
     if args.out:

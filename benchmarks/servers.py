@@ -22,6 +22,12 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (a `timeout`, a CI runner) into SystemExit, so the `with` blocks below stop the servers
+    and load generators they started instead of leaving them running with no parent."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen
