@@ -76,13 +76,9 @@ def open_session(model: str | Path, provider: str, threads: int = 0) -> Any:
     served figure over its compute floor measures what serving adds, not a different session setup."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model), options, providers=[provider])
+    from edgecnn.serve.model import session_options
+
+    return ort.InferenceSession(str(model), session_options(threads), providers=[provider])
 
 
 def random_feed(session: Any, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -103,15 +103,21 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
     return model
 
 
-def _session_options(settings: ServeSettings) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int = 1, spinning: bool = False) -> ort.SessionOptions:
+    """The one onnxruntime session set-up: the server's, and the in-process timing of bench and export,
+    so a served figure over its compute floor measures what serving adds. 0 threads: onnxruntime's default."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = settings.intra_op_threads_resolved
-    options.inter_op_num_threads = settings.inter_op_threads
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
     # Spinning idle intra-op threads steal the cores the gRPC event loop needs under load.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
+
+
+def _session_options(settings: ServeSettings) -> ort.SessionOptions:
+    return session_options(settings.intra_op_threads_resolved, settings.inter_op_threads, settings.ort_spinning)
 
 
 def _providers(requested: str) -> list[str]:
