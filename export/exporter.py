@@ -7,7 +7,6 @@ fails its accuracy bound is never written.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -26,7 +25,8 @@ from edgecnn.export.metadata import ModelMetadata, write_metadata
 from edgecnn.export.report import ExportReport, RecipeResult, VariantResult
 from edgecnn.export.settings import ExportError, ExportSettings
 from edgecnn.train.checkpoint import RunDirError, load_run
-from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
+from edgecnn.train.data import DatasetError
+from edgecnn.train.evaluate import load_run_splits
 from edgecnn.train.normalisation import Normalisation
 
 Log = Callable[[str], None]
@@ -102,18 +102,10 @@ def _load_run(run_dir: Path):
 def _load_images(model: nn.Module, info: dict[str, Any], run_dir: Path, settings: ExportSettings) -> ExportInputs:
     if "dataset" not in info or "normalisation" not in info:
         raise ExportError(f"{run_dir / 'run.json'} does not record its dataset and normalisation: train it again")
-    shape = info["input"]
-    spec = DatasetSpec.from_json(info["dataset"])
-    if spec.name == "folder":  # decode folder images at the size the model takes
-        spec = dataclasses.replace(spec, image_size=(shape["height"], shape["width"]), channels=shape["channels"])
     try:
-        train, test = load_splits(spec)
+        train, test = load_run_splits(info)
     except DatasetError as exc:
         raise ExportError(f"cannot load the run's dataset for calibration and evaluation: {exc}") from None
-    expected = (int(shape["height"]), int(shape["width"]), int(shape["channels"]))
-    if tuple(test.images.shape[1:]) != expected:
-        found = "x".join(map(str, test.images.shape[1:]))
-        raise ExportError(f"{test.source} holds {found} images but the model takes {'x'.join(map(str, expected))}")
     order = np.random.default_rng(0).permutation(len(train))[: settings.calibration_size]
     evaluated = slice(0, settings.evaluation_size)
     return ExportInputs(

@@ -54,19 +54,26 @@ def evaluate_run(
     """Evaluate the best weights of ``run_dir`` on the test split of ``spec`` (default: the run's own dataset)."""
     loaded = load_run(run_dir, device=device)
     info = loaded.info
-    shape = info["input"]
-    if spec is None:
-        if "dataset" not in info:
-            raise RunDirError(f"{Path(run_dir) / 'run.json'} does not name its dataset: pass --dataset")
-        spec = DatasetSpec.from_json(info["dataset"])
-    if spec.name == "folder":  # decode folder images at the size the model takes
-        spec = dataclasses.replace(spec, image_size=(shape["height"], shape["width"]), channels=shape["channels"])
-    _, test = load_splits(spec)
-    _check_fits(test, info)
+    if spec is None and "dataset" not in info:
+        raise RunDirError(f"{Path(run_dir) / 'run.json'} does not name its dataset: pass --dataset")
+    spec = spec or DatasetSpec.from_json(info["dataset"])
+    _, test = load_run_splits(info, spec)
     data = DeviceImages(test, Normalisation.from_json(info["normalisation"]), torch.device(device))
     predicted, loss = predict(loaded.model, data)
     result = summarize(confusion_matrix(test.labels, predicted, len(info["labels"])), info["labels"])
     return {"run_dir": str(run_dir), "dataset": spec.name, "source": test.source, "loss": loss, **result}
+
+
+def load_run_splits(info: dict[str, Any], spec: DatasetSpec | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) images for a run's model: its own dataset unless ``spec`` is given, folder images
+    decoded at the model's input size, and a DatasetError unless the images and classes fit the model."""
+    spec = spec or DatasetSpec.from_json(info["dataset"])
+    shape = info["input"]
+    if spec.name == "folder":
+        spec = dataclasses.replace(spec, image_size=(shape["height"], shape["width"]), channels=shape["channels"])
+    train, test = load_splits(spec)
+    _check_fits(test, info)
+    return train, test
 
 
 def _check_fits(test: ImageSet, info: dict[str, Any]) -> None:
