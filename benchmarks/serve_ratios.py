@@ -9,6 +9,11 @@ Starts `edgecnn serve MODEL` twice (dynamic batching on with the default flags, 
   (b) 1-image RPCs at concurrency 16 (requests/s)  vs  the echo server, same requests, same client;
       and batching on vs off at that load
   (c) 1-image p50 at concurrency 1                 vs  echo p50 + in-process batch-1 p50
+  and, to explain them: (a) vs two one-thread in-process runs side by side (what two instances do),
+  and the echo server with a worker-thread round trip and no compute (echo.py --hop)
+
+The in-process floors take the faster of the server's two session set-ups (every core; one thread,
+which `edgecnn serve` uses for small batches), timed back to back.
 
 Each ratio is computed within a round (A and B measured seconds apart) and the median over rounds
 is reported, with the median figures. It prints a markdown block for benchmarks/RESULTS.md.
@@ -25,6 +30,8 @@ import datetime
 import shlex
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -56,6 +63,7 @@ class Comparison:
     served: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
     floor_label: str = ""
+    diagnostic: bool = False  # not a target: explains another line
 
     def ratios(self) -> list[float]:
         return [s / f for s, f in zip(self.served, self.floor) if f > 0]
@@ -69,9 +77,10 @@ class Rig:
     batching_on: str  # addresses
     batching_off: str
     echo: str
+    echo_hop: str  # the echo server answering after a worker-thread round trip (echo.py --hop)
     single: list[bytes]  # serialised 1-image requests
     big: list[bytes]  # serialised 64-image requests
-    session: Any
+    sessions: list[Any]  # in-process: the server's two set-ups, every core and one thread (for small batches)
     feeds: dict[int, dict[str, np.ndarray]]  # in-process inputs by batch size
     warmup_s: float
     window_s: float
@@ -84,7 +93,31 @@ class Rig:
         return point
 
     def in_process_seconds(self, batch: int) -> np.ndarray:
-        return time_calls(lambda: self.session.run(None, self.feeds[batch]), warmup=3, min_seconds=self.window_s)
+        """Seconds per run of the faster session set-up at this batch size: the floor is onnxruntime's best."""
+        timings = [time_calls(lambda s=s: s.run(None, self.feeds[batch]), warmup=3, min_seconds=self.window_s / 2)
+                   for s in self.sessions]
+        return min(timings, key=np.median)
+
+    def in_process_side_by_side_images_per_s(self, batch: int, callers: int = 2) -> float:
+        """Images/s of ``callers`` threads each running the one-thread session, side by side: what
+        `edgecnn serve` does with two instances (its default on 2 or more cores)."""
+        single_thread, feed = self.sessions[1], self.feeds[batch]
+        single_thread.run(None, feed)
+        runs = [0] * callers
+        stop_at = time.perf_counter() + self.window_s / 2
+
+        def caller(index: int) -> None:
+            while time.perf_counter() < stop_at:
+                single_thread.run(None, feed)
+                runs[index] += 1
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return batch * sum(runs) / (time.perf_counter() - start)
 
 
 def must_show() -> dict[str, Comparison]:
@@ -99,6 +132,14 @@ def must_show() -> dict[str, Comparison]:
                                lambda r: r >= 1.0, floor_label="batching off"),
         "c": Comparison("(c) 1-image p50 latency at concurrency 1 vs echo p50 + in-process batch-1 p50", "ms",
                         "<= 1.2x", lambda r: r <= 1.2, floor_label="echo + in-process"),
+        "side-a": Comparison(f"Diagnostic: (a) vs in-process onnxruntime as two one-thread runs side by side at "
+                             f"batch {BIG_BATCH}", "images/s", "-", lambda r: True,
+                             floor_label="in-process side by side", diagnostic=True),
+        "hop-b": Comparison(f"Diagnostic: echo with a worker-thread round trip and no compute (echo.py --hop), "
+                            f"1-image RPCs at concurrency {SMALL_CONCURRENCY}, vs the echo", "req/s", "-",
+                            lambda r: True, floor_label="echo", diagnostic=True),
+        "hop-c": Comparison("Diagnostic: the same, p50 latency at concurrency 1, vs the echo", "ms", "-",
+                            lambda r: True, floor_label="echo", diagnostic=True),
     }
 
 
@@ -106,6 +147,8 @@ def one_round(rig: Rig, lines: dict[str, Comparison]) -> list[LoadPoint]:
     """Every comparison once, A and B seconds apart; returns the batching-on points at concurrency 16."""
     lines["a"].served.append(rig.served(rig.batching_on, rig.big, BIG_BATCH, BIG_BATCH_CONCURRENCY).images_per_s)
     lines["a"].floor.append(BIG_BATCH * _calls_per_s(rig.in_process_seconds(BIG_BATCH)))
+    lines["side-a"].served.append(lines["a"].served[-1])
+    lines["side-a"].floor.append(rig.in_process_side_by_side_images_per_s(BIG_BATCH))
 
     on = rig.served(rig.batching_on, rig.single, 1, SMALL_CONCURRENCY)
     lines["b"].served.append(on.requests_per_s)
@@ -113,9 +156,14 @@ def one_round(rig: Rig, lines: dict[str, Comparison]) -> list[LoadPoint]:
     lines["batching"].served.append(on.requests_per_s)
     lines["batching"].floor.append(rig.served(rig.batching_off, rig.single, 1, SMALL_CONCURRENCY).requests_per_s)
 
+    lines["hop-b"].served.append(rig.served(rig.echo_hop, rig.single, 1, SMALL_CONCURRENCY).requests_per_s)
+    lines["hop-b"].floor.append(lines["b"].floor[-1])
+
     lines["c"].served.append(_p50(rig.served(rig.batching_on, rig.single, 1, 1)))
     echo_p50 = _p50(rig.served(rig.echo, rig.single, 1, 1))
     lines["c"].floor.append(echo_p50 + float(np.median(rig.in_process_seconds(1))) * 1e3)
+    lines["hop-c"].served.append(_p50(rig.served(rig.echo_hop, rig.single, 1, 1)))
+    lines["hop-c"].floor.append(echo_p50)
     return [on]
 
 
@@ -146,11 +194,12 @@ def measure(args: argparse.Namespace, command: str) -> str:
             LoadGenerator(args.clients) as loadgen:
         spec, _ = fetch_model_spec(batching_on.address, read_metadata(args.model).name)
         single = build_requests(spec, 1, 8)
-        with start_echo_server(infer_once(batching_on.address, single[0])) as echo:
-            session = open_session(args.model, resolve_provider("cpu"))
-            rig = Rig(loadgen, batching_on.address, batching_off.address, echo.address, single,
-                      build_requests(spec, BIG_BATCH, 2), session,
-                      {n: random_feed(session, n) for n in (1, BIG_BATCH)}, args.warmup, args.window)
+        canned = infer_once(batching_on.address, single[0])
+        with start_echo_server(canned) as echo, start_echo_server(canned, hop=True) as echo_hop:
+            sessions = [open_session(args.model, resolve_provider("cpu"), threads) for threads in (0, 1)]
+            rig = Rig(loadgen, batching_on.address, batching_off.address, echo.address, echo_hop.address, single,
+                      build_requests(spec, BIG_BATCH, 2), sessions,
+                      {n: random_feed(sessions[0], n) for n in (1, BIG_BATCH)}, args.warmup, args.window)
             lines = must_show()
             batching_points = []
             for round_ in range(1, args.rounds + 1):
@@ -185,7 +234,7 @@ def markdown(args: argparse.Namespace, command: str, model_name: str, comparison
         f"each ratio is taken within a round, the median over rounds is shown with the median figures. "
         f"Load: {args.clients} client process(es) (grpc.aio, pre-serialised requests); "
         f"servers: `edgecnn serve` ({args.server_args or 'default flags'}: batching on), the same with "
-        "`--max-batch-size 1` (batching off), and the echo server (benchmarks/echo.py).",
+        "`--max-batch-size 1` (batching off), the echo server (benchmarks/echo.py), and the same echo with `--hop`.",
         "",
         "| Must show | Served | Floor | Ratio (median) | Ratio range | Target | Met |",
         "|---|---:|---:|---:|---:|---:|:---:|",
@@ -195,7 +244,7 @@ def markdown(args: argparse.Namespace, command: str, model_name: str, comparison
         mid = median(ratios)
         served = f"{_fmt(median(comp.served))} {comp.unit}"
         floor = f"{comp.floor_label}: {_fmt(median(comp.floor))} {comp.unit}"
-        met = "yes" if comp.meets(mid) else "**no**"
+        met = "n/a" if comp.diagnostic else "yes" if comp.meets(mid) else "**no**"
         lines.append(f"| {comp.question} | {served} | {floor} | {mid:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x "
                      f"| {comp.target} | {met} |")
     busy = [p.client.host_cpu_busy for p in points if p.client.host_cpu_busy is not None]

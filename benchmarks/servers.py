@@ -39,10 +39,13 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def start_echo_server(response: bytes | None = None, metadata: bytes | None = None) -> Iterator[ServerProcess]:
-    """The echo server (benchmarks/echo.py) on a free loopback port, answering with ``response``."""
+def start_echo_server(
+    response: bytes | None = None, metadata: bytes | None = None, hop: bool = False
+) -> Iterator[ServerProcess]:
+    """The echo server (benchmarks/echo.py) on a free loopback port, answering with ``response``
+    (after a worker-thread round trip with ``hop``)."""
     with tempfile.TemporaryDirectory(prefix="edgecnn-echo-") as tmp:
-        command = [sys.executable, "-m", "edgecnn.benchmarks.echo", "--port", "0"]
+        command = [sys.executable, "-m", "edgecnn.benchmarks.echo", "--port", "0", *(["--hop"] if hop else [])]
         for flag, payload in (("--response", response), ("--metadata", metadata)):
             if payload is not None:
                 path = Path(tmp) / flag.lstrip("-")

@@ -1,20 +1,26 @@
-"""Dynamic batching, per model: take what is queued, run it as one batch on a worker thread, split.
+"""Dynamic batching, per model: compute threads take what is queued, run it as one batch, split.
 
-    infer(images) -> queued -> _start_batch (merge) -> _compute (worker thread: onnxruntime)
-                  -> _finish (split the outputs in order, answer each request) -> next batch
+    infer(images) -> queue (event loop) -> compute thread: take a batch (merge), onnxruntime
+                  -> _answer on the event loop (each request gets its rows, in order)
 
-One batch runs at a time per model. An idle model starts a request's batch at once, inside the
-request's own handler: no added delay, no extra hop through the event loop. Requests that arrive
-while a batch runs queue up; when it finishes they run together, waiting at most
-``max_queue_delay`` (counted from the oldest) for company first.
+Each model has ``instances`` compute threads (two on 2 cores or more). Each takes its next batch as
+soon as one finishes: no round trip through the event loop between batches. The first thread, idle,
+wakes on the first request and runs it at once: no added delay at low load. Requests that arrive
+while it runs queue up; when it finishes they run together, waiting at most ``max_queue_delay``
+(counted from the oldest) for company first, or until the batch is full. The other threads run
+batches beside it only while half a full batch or more is queued: big work runs side by side, small
+work stays merged.
+
+The event loop only queues requests and answers them; merging, onnxruntime and the batch metrics
+happen on the compute threads. Times are ``time.monotonic()`` seconds, as asyncio's loop.time().
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +28,6 @@ import numpy as np
 from edgecnn.serve.errors import DeadlinePassed, NotReady, QueueFull, ServeError
 from edgecnn.serve.metrics import ModelMetrics
 from edgecnn.serve.model import Model
-
 
 @dataclass(slots=True)
 class BatchResult:
@@ -38,8 +43,8 @@ class BatchResult:
 class _Pending:
     images: np.ndarray
     future: asyncio.Future
-    enqueued: float  # event-loop time
-    deadline: float | None  # event-loop time
+    enqueued: float  # time.monotonic()
+    deadline: float | None  # time.monotonic()
 
 
 class Batcher:
@@ -50,22 +55,44 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
-        executor: Executor,
         metrics: ModelMetrics,
+        instances: int = 1,
+        run_slots: threading.Semaphore | None = None,
     ) -> None:
+        """``instances`` compute threads take batches from the queue and run them side by side: the first
+        whenever there is work, the others only while at least half a full batch is queued (small
+        batches go faster merged into one run than split over threads that fight for the GIL).
+        ``run_slots``, shared by a process's batchers, caps the runs in flight across models (each run
+        already spans its intra-op threads; more runs than instances would fight over the cores)."""
         self.model = model
         self.metrics = metrics
         self._max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_us / 1e6
         self._max_queue_size = max_queue_size
-        self._executor = executor
+        self._run_slots = run_slots or threading.Semaphore(instances)
+        # Everything below is shared by the event loop and the compute thread: guarded by _lock.
+        self._lock = threading.Lock()
+        self._work_arrived = threading.Condition(self._lock)  # the first compute thread, idle, waits here
+        self._much_work = threading.Condition(self._lock)  # the others wait here for half a batch queued
+        self._batch_full = threading.Condition(self._lock)  # a thread waiting for company waits here
+        self._idle_threads = 0
+        self._idle_helpers = 0
+        self._threads_waiting_for_company = 0
+        self._helper_from = max(1, max_batch_size // 2)  # queued images that put the other threads to work
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
-        self._running = False
-        self._company_timer: asyncio.TimerHandle | None = None
-        # Merged batches are copied into this one buffer: one batch runs at a time per model.
-        self._buffer = np.empty((max_batch_size, *model.image_shape), dtype=np.uint8)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._threads = [
+            threading.Thread(
+                target=self._compute_loop,
+                args=(i,),
+                name=f"edgecnn-compute-{model.name}-{model.version}-{i}",
+                daemon=True,
+            )
+            for i in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -73,23 +100,27 @@ class Batcher:
         return len(self._queue)
 
     async def infer(self, images: np.ndarray, deadline: float | None = None) -> BatchResult:
-        """Queue ``images`` (uint8 NHWC) for the next batch and wait for their outputs."""
-        if len(self._queue) >= self._max_queue_size:
-            raise QueueFull(
-                f"model {self.model.name!r} has {len(self._queue)} requests queued (--max-queue-size); retry later"
-            )
-        self._loop = loop = asyncio.get_running_loop()
-        pending = _Pending(images, loop.create_future(), loop.time(), deadline)
-        self._queue.append(pending)
-        self._queued_images += len(images)
-        self.metrics.queue_depth.set(len(self._queue))
-        if not self._running:
-            if self._company_timer is None:
-                self._start_batch()  # idle: run now
-            elif self._queued_images >= self._max_batch_size:
-                self._company_timer.cancel()  # the wait for company is over: the batch is full
-                self._company_timer = None
-                self._start_batch()
+        """Queue ``images`` (uint8 NHWC) for the next batch and wait for their outputs.
+
+        ``deadline`` is a time.monotonic() time; a request still queued then is never computed.
+        """
+        pending = _Pending(images, asyncio.get_running_loop().create_future(), time.monotonic(), deadline)
+        with self._lock:
+            if self._closed:
+                raise NotReady("the server is shutting down")
+            if len(self._queue) >= self._max_queue_size:
+                raise QueueFull(
+                    f"model {self.model.name!r} has {len(self._queue)} requests queued (--max-queue-size); retry later"
+                )
+            self._queue.append(pending)
+            self._queued_images += len(images)
+            if self._idle_threads:
+                self._work_arrived.notify()
+            if self._idle_helpers and self._queued_images >= self._helper_from:
+                self._much_work.notify()
+            if self._threads_waiting_for_company and self._queued_images >= self._max_batch_size:
+                self._batch_full.notify()
+        # The queue-depth gauge is set where batches are taken, on the compute thread: not per request here.
         try:
             return await pending.future
         except asyncio.CancelledError:  # the client cancelled or its deadline passed: leave the queue
@@ -97,96 +128,142 @@ class Batcher:
             raise
 
     async def stop(self) -> None:
-        """Answer whatever is still queued with UNAVAILABLE (the server drained in-flight requests first)."""
-        if self._company_timer is not None:
-            self._company_timer.cancel()
-        while self._queue:
-            self._fail(self._queue.popleft(), NotReady("the server is shutting down"))
+        """Answer whatever is still queued with UNAVAILABLE (the server drained in-flight requests first)
+        and let the compute thread end once its current batch, if any, is answered."""
+        with self._lock:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._queued_images = 0
+            for condition in (self._work_arrived, self._much_work, self._batch_full):
+                condition.notify_all()
+        for pending in left:
+            _fail(pending, NotReady("the server is shutting down"))
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 10)
 
-    def _start_batch(self) -> None:
-        self._company_timer = None
-        batch = self._take_batch()
-        if not batch:
-            return
-        self._running = True
-        started = self._loop.time()
-        self._executor.submit(self._compute, batch, started)
+    # --- the compute thread ------------------------------------------------------------------
 
-    def _take_batch(self) -> list[_Pending]:
-        """Oldest first, up to max_batch_size images; a lone larger request runs alone, unsplit."""
-        now = self._loop.time()
-        batch: list[_Pending] = []
-        size = 0
-        while self._queue:
-            pending = self._queue[0]
-            if batch and size + len(pending.images) > self._max_batch_size:
-                break
-            self._queue.popleft()
-            self._queued_images -= len(pending.images)
-            if pending.future.done():  # cancelled while queued
-                continue
-            if pending.deadline is not None and pending.deadline <= now:
-                self._fail(pending, DeadlinePassed("the deadline passed while the request was queued"))
-                continue
-            batch.append(pending)
-            size += len(pending.images)
-        self.metrics.queue_depth.set(len(self._queue))
-        return batch
+    def _compute_loop(self, instance: int) -> None:
+        # Merged batches are copied into this thread's one buffer: it runs one batch at a time.
+        buffer = np.empty((self._max_batch_size, *self.model.image_shape), dtype=np.uint8)
+        after_a_batch = False
+        while True:
+            taken = self._take_batch(after_a_batch, helper=instance > 0)
+            if taken is None:
+                return
+            batch, started = taken
+            after_a_batch = bool(batch)
+            if batch:
+                self._run(batch, started, buffer, instance)
 
-    def _compute(self, batch: list[_Pending], started: float) -> None:
-        """On the worker thread: merge (one copy), run (onnxruntime releases the GIL), hand back to the loop."""
+    def _take_batch(self, after_a_batch: bool, helper: bool) -> tuple[list[_Pending], float] | None:
+        """Wait for work, then take the oldest requests, up to max_batch_size images (a lone larger
+        request runs alone, unsplit). None once the batcher is closed."""
+        expired: list[_Pending] = []
+        with self._lock:
+            if helper:
+                after_a_batch = False  # there is plenty to take
+                while self._queued_images < self._helper_from and not self._closed:
+                    self._idle_helpers += 1
+                    self._much_work.wait()
+                    self._idle_helpers -= 1
+            elif not self._queue:
+                after_a_batch = False  # idle: the next request runs at once
+                while not self._queue and not self._closed:
+                    self._idle_threads += 1
+                    self._work_arrived.wait()
+                    self._idle_threads -= 1
+            if self._closed:
+                return None
+            if after_a_batch:  # these came while the last batch ran: give them a moment for company
+                company_until = self._queue[0].enqueued + self._max_delay
+                while self._queue and not self._closed and self._queued_images < self._max_batch_size:
+                    remaining = company_until - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._threads_waiting_for_company += 1
+                    self._batch_full.wait(remaining)
+                    self._threads_waiting_for_company -= 1
+            now = time.monotonic()
+            batch: list[_Pending] = []
+            size = 0
+            while self._queue:
+                pending = self._queue[0]
+                if batch and size + len(pending.images) > self._max_batch_size:
+                    break
+                self._queue.popleft()
+                self._queued_images -= len(pending.images)
+                if pending.future.done():  # cancelled while queued
+                    continue
+                if pending.deadline is not None and pending.deadline <= now:
+                    expired.append(pending)
+                    continue
+                batch.append(pending)
+                size += len(pending.images)
+            depth = len(self._queue)
+        self.metrics.queue_depth.set(depth)
+        if expired:
+            _answer_later(expired, DeadlinePassed("the deadline passed while the request was queued"))
+        return batch, now
+
+    def _run(self, batch: list[_Pending], started: float, buffer: np.ndarray, instance: int) -> None:
+        """Merge (one copy), run (onnxruntime releases the GIL), hand the answers to the event loop."""
         try:
             if len(batch) == 1:
                 images = batch[0].images
             else:
                 size = sum(len(p.images) for p in batch)
-                images = np.concatenate([p.images for p in batch], out=self._buffer[:size])
-            start = time.perf_counter()
-            outputs = self.model.run(images)
-            result = (outputs, time.perf_counter() - start, len(images))
+                images = np.concatenate([p.images for p in batch], out=buffer[:size])
+            with self._run_slots:
+                start = time.perf_counter()
+                outputs = self.model.run(images, instance)
+                compute_s = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
-            result = exc
-        self._loop.call_soon_threadsafe(self._finish, batch, started, result)
-
-    def _finish(self, batch: list[_Pending], started: float, result) -> None:
-        """On the loop: answer each request with its rows, then start the next batch."""
-        self._running = False
-        if isinstance(result, Exception):
-            for pending in batch:
-                self._fail(pending, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {result}"))
-        else:
-            outputs, compute_s, size = result
-            self.metrics.observe_batch(size, compute_s)
-            compute_us = int(compute_s * 1e6)
-            offset = 0
-            for pending in batch:
-                count = len(pending.images)
-                queue_s = started - pending.enqueued
-                self.metrics.queue_seconds.observe(queue_s)
-                if not pending.future.done():
-                    rows = [output[offset : offset + count] for output in outputs]
-                    pending.future.set_result(BatchResult(rows, int(queue_s * 1e6), compute_us, size))
-                offset += count
-        if self._queue:
-            self._next_batch()
-
-    def _next_batch(self) -> None:
-        """These requests arrived while the last batch ran: they may wait a little for company."""
-        company_until = self._queue[0].enqueued + self._max_delay
-        if self._queued_images >= self._max_batch_size or self._loop.time() >= company_until:
-            self._start_batch()
-        else:
-            self._company_timer = self._loop.call_at(company_until, self._start_batch)
+            _answer_later(batch, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"))
+            return
+        self.metrics.observe_batch(len(images), compute_s)
+        answers = []
+        offset = 0
+        for pending in batch:
+            count = len(pending.images)
+            queue_s = started - pending.enqueued
+            self.metrics.queue_seconds.observe(queue_s)
+            rows = [output[offset : offset + count] for output in outputs]
+            answers.append(BatchResult(rows, int(queue_s * 1e6), int(compute_s * 1e6), len(images)))
+            offset += count
+        _answer_later(batch, answers)
 
     def _discard(self, pending: _Pending) -> None:
-        try:
-            self._queue.remove(pending)
-        except ValueError:  # already taken into a batch
-            return
-        self._queued_images -= len(pending.images)
-        self.metrics.queue_depth.set(len(self._queue))
+        with self._lock:
+            try:
+                self._queue.remove(pending)
+            except ValueError:  # already taken into a batch
+                return
+            self._queued_images -= len(pending.images)
+            depth = len(self._queue)
+        self.metrics.queue_depth.set(depth)
 
-    @staticmethod
-    def _fail(pending: _Pending, error: ServeError) -> None:
+
+def _answer_later(batch: list[_Pending], answers: list[BatchResult] | ServeError) -> None:
+    """From the compute thread: one hop to the event loop, which answers every request of ``batch``."""
+    try:
+        batch[0].future.get_loop().call_soon_threadsafe(_answer, batch, answers)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def _answer(batch: list[_Pending], answers: list[BatchResult] | ServeError) -> None:
+    """On the event loop: results or the error; requests cancelled meanwhile are skipped."""
+    if isinstance(answers, ServeError):
+        for pending in batch:
+            _fail(pending, answers)
+        return
+    for pending, answer in zip(batch, answers):
         if not pending.future.done():
-            pending.future.set_exception(error)
+            pending.future.set_result(answer)
+
+
+def _fail(pending: _Pending, error: ServeError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

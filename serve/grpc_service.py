@@ -119,7 +119,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             except ImageDecodeError as exc:
                 raise InvalidInput(f"input {meta.input_name!r}: {exc}") from exc
         remaining = context.time_remaining()
-        deadline = None if remaining is None else loop.time() + remaining
+        deadline = None if remaining is None else time.monotonic() + remaining
         result = await self._batchers[model.name, model.version].infer(images, deadline)
         return _response(request, model, outputs, result)
 

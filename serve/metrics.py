@@ -58,7 +58,7 @@ class Metrics:
             "edgecnn_batch_size", "Images per onnxruntime run.", labels, buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "edgecnn_queue_depth", "Requests waiting in the batcher queue.", labels,
+            "edgecnn_queue_depth", "Requests left waiting in the batcher queue when it last took a batch.", labels,
             multiprocess_mode="livesum", registry=r,
         )
 

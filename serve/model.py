@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,15 @@ class Model:
     version: str
     path: Path
     metadata: ModelMetadata
-    session: ort.InferenceSession
+    session: ort.InferenceSession  # on every intra-op thread
     provider: str  # the execution provider actually running the graph
+    # Batches smaller than ``single_thread_below`` run on this one-thread session of the same graph:
+    # on small batches, waking onnxruntime's thread pool for every node costs more than it saves.
+    single_thread_session: ort.InferenceSession | None = None
+    single_thread_below: int = 1
+    # Sessions of instances 1, 2, ... (instance 0 runs on ``session``): each its own intra-op thread
+    # pool, since runs side by side on one session would share one pool.
+    instance_sessions: list[ort.InferenceSession] = field(default_factory=list)
 
     @property
     def platform(self) -> str:
@@ -56,14 +64,22 @@ class Model:
     def output_datatypes(self) -> dict[str, str]:
         return {o.name: DATATYPE_OF_ORT.get(o.type, o.type) for o in self.session.get_outputs()}
 
-    def run(self, images: np.ndarray) -> list[np.ndarray]:
+    def run(self, images: np.ndarray, instance: int = 0) -> list[np.ndarray]:
         """Outputs (in ``metadata.output_names`` order) for a uint8 NHWC batch; call from a worker thread."""
-        return self.session.run(self.metadata.output_names, {self.metadata.input_name: images})
+        if len(images) < self.single_thread_below:
+            session = self.single_thread_session
+        else:
+            # Instances without a session of their own (single-threaded runs) share the first: sessions are thread-safe.
+            session = self.instance_sessions[instance - 1] if 0 < instance <= len(self.instance_sessions) else self.session
+        return session.run(self.metadata.output_names, {self.metadata.input_name: images})
 
     def warm_up(self) -> float:
-        """One run on a blank image so the first request does not pay for allocations; seconds taken."""
+        """One run on a blank image per session, so the first request does not pay for allocations; seconds taken."""
         start = time.perf_counter()
-        self.run(np.zeros((1, *self.image_shape), dtype=np.uint8))
+        feed = {self.metadata.input_name: np.zeros((1, *self.image_shape), dtype=np.uint8)}
+        for session in (self.session, self.single_thread_session, *self.instance_sessions):
+            if session is not None:
+                session.run(self.metadata.output_names, feed)
         return time.perf_counter() - start
 
 
@@ -85,7 +101,18 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
         provider=provider,
     )
     _check_signature(model)
+    if settings.instances_resolved > 1 and settings.intra_op_threads_resolved > 1:
+        model.instance_sessions = [
+            ort.InferenceSession(str(path), _session_options(settings), providers=session.get_providers())
+            for _ in range(settings.instances_resolved - 1)
+        ]
     warm_s = model.warm_up()
+    if provider == CPU and settings.intra_op_threads_resolved > 1 and settings.single_thread_below != 1:
+        model.single_thread_session = ort.InferenceSession(str(path), _session_options(settings, 1), providers=[CPU])
+        model.warm_up()
+        model.single_thread_below = settings.single_thread_below or _single_thread_wins_below(model, settings.max_batch_size)
+        if model.single_thread_below <= 1:
+            model.single_thread_session = None  # never used: let it go
     log.info(
         "model loaded",
         extra={
@@ -96,6 +123,7 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
             "variant": metadata.variant,
             "input": [metadata.input_name, metadata.input_datatype, [-1, *model.image_shape]],
             "classes": metadata.num_classes,
+            "single_thread_below": model.single_thread_below,
             "load_ms": round((time.perf_counter() - start) * 1e3, 1),
             "warmup_ms": round(warm_s * 1e3, 1),
         },
@@ -116,8 +144,33 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 1, spinning: 
     return options
 
 
-def _session_options(settings: ServeSettings) -> ort.SessionOptions:
-    return session_options(settings.intra_op_threads_resolved, settings.inter_op_threads, settings.ort_spinning)
+def _session_options(settings: ServeSettings, intra_op_threads: int | None = None) -> ort.SessionOptions:
+    threads = intra_op_threads or settings.intra_op_threads_resolved
+    return session_options(threads, settings.inter_op_threads, settings.ort_spinning)
+
+
+def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float = 0.5, repeats: int = 7) -> int:
+    """The smallest batch size (1, 2, 4, ...) at which the multi-threaded session beats the single-threaded
+    one, timed side by side (A B A B ...) on blank images within about ``budget_s``; batches below it
+    run single-threaded. max_batch_size + 1 when the single thread wins throughout."""
+    give_up = time.perf_counter() + budget_s
+    size = 1
+    while size <= max_batch_size:
+        feed = {model.metadata.input_name: np.zeros((size, *model.image_shape), dtype=np.uint8)}
+        seconds: dict[int, list[float]] = {1: [], 0: []}
+        for session in (model.single_thread_session, model.session):
+            session.run(model.metadata.output_names, feed)  # untimed: the first run of a new shape allocates
+        for _ in range(repeats):
+            for key, session in ((1, model.single_thread_session), (0, model.session)):
+                start = time.perf_counter()
+                session.run(model.metadata.output_names, feed)
+                seconds[key].append(time.perf_counter() - start)
+        if statistics.median(seconds[0]) < statistics.median(seconds[1]):
+            return size
+        size *= 2
+        if time.perf_counter() > give_up:
+            return size  # the single thread won up to here; larger batches keep every thread
+    return max_batch_size + 1
 
 
 def _providers(requested: str) -> list[str]:

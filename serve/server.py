@@ -58,9 +58,9 @@ class InferenceServer:
         s = self.settings
         self.repository = Repository.load(s)
         self.metrics = Metrics()
-        # One compute thread per process: each run already spans intra_op_threads cores, and
-        # sessions running side by side would fight over them.
-        self._compute = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
+        # At most --instances runs at a time per process, whichever models they are for: each run
+        # spans intra_op_threads cores, and more runs side by side would fight over them.
+        run_slots = threading.Semaphore(s.instances_resolved)
         self._decode = ThreadPoolExecutor(s.decode_threads_resolved, thread_name_prefix="decode")
         self.batchers = {
             (m.name, m.version): Batcher(
@@ -68,7 +68,8 @@ class InferenceServer:
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_us=s.max_queue_delay_us,
                 max_queue_size=s.max_queue_size,
-                executor=self._compute,
+                instances=s.instances_resolved,
+                run_slots=run_slots,
                 metrics=self.metrics.for_model(m.name, m.version),
             )
             for m in self.repository
@@ -103,6 +104,7 @@ class InferenceServer:
                 "provider": next(iter(self.repository)).provider,
                 "max_batch_size": s.max_batch_size,
                 "max_queue_delay_us": s.max_queue_delay_us,
+                "instances": s.instances_resolved,
                 "intra_op_threads": s.intra_op_threads_resolved,
                 "workers": s.workers,
             },
@@ -115,7 +117,6 @@ class InferenceServer:
         await self._grpc.stop(grace)
         for batcher in self.batchers.values():
             await batcher.stop()
-        self._compute.shutdown(wait=False, cancel_futures=True)
         self._decode.shutdown(wait=False, cancel_futures=True)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -26,6 +26,7 @@ def settings_for(model, **overrides) -> ServeSettings:
         provider="cpu",
         max_batch_size=8,
         max_queue_delay_us=0,
+        instances=1,
         intra_op_threads=1,
         decode_threads=1,
         max_message_bytes=MAX_MESSAGE_BYTES,
@@ -46,11 +47,11 @@ class Gate:
         self.batches: list[int] = []
         model.run = self._gated_run  # type: ignore[method-assign]
 
-    def _gated_run(self, images: np.ndarray) -> list[np.ndarray]:
+    def _gated_run(self, images: np.ndarray, instance: int = 0) -> list[np.ndarray]:
         self.batches.append(len(images))
         self.entered.set()
         self._open.wait(timeout=30)
-        return self._run(images)
+        return self._run(images, instance)
 
     def open(self) -> None:
         self._open.set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 import numpy as np
 import pytest
@@ -26,8 +26,8 @@ def run_with_batcher(model, scenario, **limits):
     options = dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=16) | limits
 
     async def main():
-        with ThreadPoolExecutor(1) as executor, Gate(model) as gate:
-            batcher = Batcher(model, executor=executor, metrics=Metrics().for_model("tiny", "1"), **options)
+        with Gate(model) as gate:
+            batcher = Batcher(model, metrics=Metrics().for_model("tiny", "1"), **options)
             try:
                 return await scenario(batcher, gate)
             finally:
@@ -126,8 +126,7 @@ def test_full_queue_is_refused(model):
 def test_request_whose_deadline_passed_in_the_queue_is_never_computed(model):
     async def scenario(batcher, gate):
         running = await hold_a_batch(batcher, gate)
-        loop = asyncio.get_running_loop()
-        expired = asyncio.ensure_future(batcher.infer(random_images(5), deadline=loop.time() + 0.01))
+        expired = asyncio.ensure_future(batcher.infer(random_images(5), deadline=time.monotonic() + 0.01))
         await asyncio.sleep(0.05)
         gate.open()
         await running
@@ -152,3 +151,41 @@ def test_cancelled_request_leaves_the_queue_and_is_never_computed(model):
         return gate.batches
 
     assert run_with_batcher(model, scenario) == [1]
+
+
+async def runs_at_the_gate(gate, count: int) -> None:
+    while len(gate.batches) < count:
+        await asyncio.sleep(0.001)
+
+
+def test_a_second_instance_runs_a_big_batch_beside_the_first(model, tiny_model):
+    big = [random_images(4, seed=s) for s in (1, 2)]
+
+    async def scenario(batcher, gate):
+        first = asyncio.ensure_future(batcher.infer(big[0]))
+        await runs_at_the_gate(gate, 1)
+        second = asyncio.ensure_future(batcher.infer(big[1]))  # half a batch or more: the second thread takes it
+        await asyncio.wait_for(runs_at_the_gate(gate, 2), timeout=10)
+        gate.open()
+        return await first, await second, list(gate.batches)
+
+    first, second, batches = run_with_batcher(model, scenario, max_batch_size=4, instances=2)
+    assert batches == [4, 4]
+    for images, result in zip(big, (first, second)):
+        np.testing.assert_allclose(result.outputs[0], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
+
+
+def test_small_work_waits_for_the_first_instance_to_merge_it(model):
+    async def scenario(batcher, gate):
+        running = await hold_a_batch(batcher, gate)
+        small = [asyncio.ensure_future(batcher.infer(random_images(1))) for _ in range(2)]
+        await queued(batcher, 2)
+        await asyncio.sleep(0.05)
+        held = list(gate.batches)  # 2 images queued, under half of 8: the second thread stays idle
+        gate.open()
+        await running
+        return held, [r.batch_size for r in await asyncio.gather(*small)]
+
+    held, sizes = run_with_batcher(model, scenario, max_batch_size=8, instances=2)
+    assert held == [1]
+    assert sizes == [2, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from edgecnn.export.metadata import MetadataError, ModelMetadata, write_metadata
 from edgecnn.serve.model import ProviderUnavailable, load_model
 from tests.serve.support import settings_for
+from tests.tiny_models import random_images, reference_outputs
 
 
 def test_loaded_model_reports_its_provider_and_wire_format(tiny_model):
@@ -42,3 +44,43 @@ def test_cuda_is_an_error_where_unavailable_and_auto_runs_on_cpu(tiny_model):
     with pytest.raises(ProviderUnavailable, match="use --provider cpu"):
         load_model(tiny_model, settings_for(tiny_model, provider="cuda"))
     assert load_model(tiny_model, settings_for(tiny_model, provider="auto")).provider == "CPUExecutionProvider"
+
+
+def test_small_batches_run_single_threaded_below_the_threshold_with_the_same_outputs(tiny_model):
+    model = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2, single_thread_below=4))
+    assert model.single_thread_below == 4
+    assert model.single_thread_session.get_session_options().intra_op_num_threads == 1
+    assert model.session.get_session_options().intra_op_num_threads == 2
+    used = []
+    for name in ("session", "single_thread_session"):
+        session = getattr(model, name)
+        run = session.run
+        session.run = lambda *args, _run=run, _name=name: used.append(_name) or _run(*args)
+    for size in (1, 3, 4, 8):
+        images = random_images(size, seed=size)
+        logits, probabilities = model.run(images)
+        reference = reference_outputs(tiny_model, images)
+        np.testing.assert_allclose(logits, reference["logits"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(probabilities, reference["probabilities"], rtol=1e-5, atol=1e-6)
+    assert used == ["single_thread_session", "single_thread_session", "session", "session"]
+
+
+def test_single_thread_threshold_is_measured_at_load_and_1_turns_it_off(tiny_model):
+    measured = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2, max_batch_size=8))
+    # Either session may win on a given machine; the threshold is a batch size from 1 to max + 1.
+    assert measured.single_thread_below in (1, 2, 4, 8, 9)
+    assert (measured.single_thread_session is None) == (measured.single_thread_below == 1)
+    off = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2, single_thread_below=1))
+    assert off.single_thread_session is None and off.single_thread_below == 1
+    one_thread = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=1))
+    assert one_thread.single_thread_session is None  # the main session is already single-threaded
+
+
+def test_each_instance_runs_on_its_own_session_when_runs_span_threads(tiny_model):
+    model = load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=2, single_thread_below=1))
+    assert len(model.instance_sessions) == 1 and model.instance_sessions[0] is not model.session
+    images = random_images(3)
+    for instance in (0, 1):
+        np.testing.assert_allclose(model.run(images, instance)[0], reference_outputs(tiny_model, images)["logits"],
+                                   rtol=1e-5, atol=1e-6)
+    assert load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=1)).instance_sessions == []
