@@ -222,17 +222,19 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
             _answer_later(batch, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"))
             return
-        self.metrics.observe_batch(len(images), compute_s)
         answers = []
         offset = 0
         for pending in batch:
             count = len(pending.images)
-            queue_s = started - pending.enqueued
-            self.metrics.queue_seconds.observe(queue_s)
             rows = [output[offset : offset + count] for output in outputs]
-            answers.append(BatchResult(rows, int(queue_s * 1e6), int(compute_s * 1e6), len(images)))
+            queue_us = int((started - pending.enqueued) * 1e6)
+            answers.append(BatchResult(rows, queue_us, int(compute_s * 1e6), len(images)))
             offset += count
         _answer_later(batch, answers)
+        # Metrics after the answers are on their way: they are on no request's critical path.
+        self.metrics.observe_batch(len(images), compute_s)
+        for answer in answers:
+            self.metrics.queue_seconds.observe(answer.queue_us / 1e6)
 
     def _discard(self, pending: _Pending) -> None:
         with self._lock:
