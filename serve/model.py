@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ DATATYPE_OF_ORT = {
     "tensor(int32)": "INT32",
     "tensor(int64)": "INT64",
 }
+
+
+# A batch-1 run at least this long makes the intra-op pool's per-node wake-ups (tens of microseconds)
+# negligible: such models get no single-threaded session for small batches.
+PARALLEL_ALWAYS_PAYS_S = 0.002
 
 
 class ProviderUnavailable(RuntimeError):
@@ -77,7 +83,7 @@ class Model:
         """One run on a blank image per session, so the first request does not pay for allocations; seconds taken."""
         start = time.perf_counter()
         feed = {self.metadata.input_name: np.zeros((1, *self.image_shape), dtype=np.uint8)}
-        for session in (self.session, self.single_thread_session, *self.instance_sessions):
+        for session in (self.session, self.single_thread_session):
             if session is not None:
                 session.run(self.metadata.output_names, feed)
         return time.perf_counter() - start
@@ -101,18 +107,11 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
         provider=provider,
     )
     _check_signature(model)
-    if settings.instances_resolved > 1 and settings.intra_op_threads_resolved > 1:
-        model.instance_sessions = [
-            ort.InferenceSession(str(path), _session_options(settings), providers=session.get_providers())
-            for _ in range(settings.instances_resolved - 1)
-        ]
     warm_s = model.warm_up()
-    if provider == CPU and settings.intra_op_threads_resolved > 1 and settings.single_thread_below != 1:
-        model.single_thread_session = ort.InferenceSession(str(path), _session_options(settings, 1), providers=[CPU])
-        model.warm_up()
-        model.single_thread_below = settings.single_thread_below or _single_thread_wins_below(model, settings.max_batch_size)
-        if model.single_thread_below <= 1:
-            model.single_thread_session = None  # never used: let it go
+    if provider == CPU and settings.intra_op_threads_resolved > 1:
+        _add_single_thread_session(model, settings)
+    if settings.instances_resolved > 1 and settings.intra_op_threads_resolved > 1:
+        _open_instance_sessions_in_background(model, settings)
     log.info(
         "model loaded",
         extra={
@@ -147,6 +146,51 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 1, spinning: 
 def _session_options(settings: ServeSettings, intra_op_threads: int | None = None) -> ort.SessionOptions:
     threads = intra_op_threads or settings.intra_op_threads_resolved
     return session_options(threads, settings.inter_op_threads, settings.ort_spinning)
+
+
+def _add_single_thread_session(model: Model, settings: ServeSettings) -> None:
+    """Batches below ``--single-thread-below`` (0: measured here) run on a single-threaded session."""
+    if settings.single_thread_below == 1:
+        return
+    if not settings.single_thread_below and _batch_of_one_seconds(model) >= PARALLEL_ALWAYS_PAYS_S:
+        return  # a heavy model: the pool's wake-ups are noise even at batch 1; skip the second session
+    model.single_thread_session = ort.InferenceSession(str(model.path), _session_options(settings, 1), providers=[CPU])
+    model.warm_up()
+    model.single_thread_below = settings.single_thread_below or _single_thread_wins_below(model, settings.max_batch_size)
+    if model.single_thread_below <= 1:
+        model.single_thread_session = None  # never used: let it go
+
+
+def _batch_of_one_seconds(model: Model, repeats: int = 3) -> float:
+    feed = {model.metadata.input_name: np.zeros((1, *model.image_shape), dtype=np.uint8)}
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.session.run(model.metadata.output_names, feed)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _open_instance_sessions_in_background(model: Model, settings: ServeSettings) -> None:
+    """Instances 1, 2, ... get sessions of their own, opened after the server is up (a big model takes
+    a second or more to open); until then they share the first session, which is thread-safe."""
+
+    def open_sessions() -> None:
+        try:
+            sessions = [
+                ort.InferenceSession(str(model.path), _session_options(settings), providers=model.session.get_providers())
+                for _ in range(settings.instances_resolved - 1)
+            ]
+            feed = {model.metadata.input_name: np.zeros((1, *model.image_shape), dtype=np.uint8)}
+            for session in sessions:
+                session.run(model.metadata.output_names, feed)
+        except Exception:  # noqa: BLE001 - serving goes on, on the first session
+            log.exception("could not open the other instances' sessions; they share the first", extra={"model": model.name})
+            return
+        model.instance_sessions = sessions
+        log.info("instance sessions ready", extra={"model": model.name, "version": model.version, "count": len(sessions)})
+
+    threading.Thread(target=open_sessions, name=f"edgecnn-open-{model.name}", daemon=True).start()
 
 
 def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float = 0.5, repeats: int = 7) -> int:

@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from edgecnn.export.metadata import MetadataError, ModelMetadata, write_metadata
+from edgecnn.serve import model as model_module
 from edgecnn.serve.model import ProviderUnavailable, load_model
-from tests.serve.support import settings_for
+from tests.serve.support import settings_for, wait_until
 from tests.tiny_models import random_images, reference_outputs
 
 
@@ -78,9 +79,16 @@ def test_single_thread_threshold_is_measured_at_load_and_1_turns_it_off(tiny_mod
 
 def test_each_instance_runs_on_its_own_session_when_runs_span_threads(tiny_model):
     model = load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=2, single_thread_below=1))
+    wait_until(lambda: model.instance_sessions, what="the second instance's session, opened in the background")
     assert len(model.instance_sessions) == 1 and model.instance_sessions[0] is not model.session
     images = random_images(3)
     for instance in (0, 1):
         np.testing.assert_allclose(model.run(images, instance)[0], reference_outputs(tiny_model, images)["logits"],
                                    rtol=1e-5, atol=1e-6)
     assert load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=1)).instance_sessions == []
+
+
+def test_a_model_slow_at_batch_one_gets_no_single_threaded_session(tiny_model, monkeypatch):
+    monkeypatch.setattr(model_module, "PARALLEL_ALWAYS_PAYS_S", 0.0)  # every model counts as heavy
+    model = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2))
+    assert model.single_thread_session is None and model.single_thread_below == 1
