@@ -18,6 +18,7 @@ happen on the compute threads. Times are ``time.monotonic()`` seconds, as asynci
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from edgecnn.serve.errors import DeadlinePassed, NotReady, QueueFull, ServeError
 from edgecnn.serve.metrics import ModelMetrics
 from edgecnn.serve.model import Model
 
+log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class BatchResult:
     """One request's share of a batch run."""
@@ -57,7 +59,7 @@ class Batcher:
         max_queue_size: int,
         metrics: ModelMetrics,
         instances: int = 1,
-        run_slots: threading.Semaphore | None = None,
+        run_slots: RunSlots | None = None,
     ) -> None:
         """``instances`` compute threads take batches from the queue and run them side by side: the first
         whenever there is work, the others only while at least half a full batch is queued (small
@@ -69,7 +71,7 @@ class Batcher:
         self._max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_us / 1e6
         self._max_queue_size = max_queue_size
-        self._run_slots = run_slots or threading.Semaphore(instances)
+        self._run_slots = run_slots or RunSlots(instances)
         # Everything below is shared by the event loop and the compute thread: guarded by _lock.
         self._lock = threading.Lock()
         self._work_arrived = threading.Condition(self._lock)  # the first compute thread, idle, waits here
@@ -149,18 +151,22 @@ class Batcher:
         buffer = np.empty((self._max_batch_size, *self.model.image_shape), dtype=np.uint8)
         after_a_batch = False
         while True:
-            taken = self._take_batch(after_a_batch, helper=instance > 0)
-            if taken is None:
-                return
-            batch, started = taken
-            after_a_batch = bool(batch)
-            if batch:
-                self._run(batch, started, buffer, instance)
+            batch: list[_Pending] = []
+            try:
+                batch = self._take_batch(after_a_batch, helper=instance > 0)
+                if batch is None:
+                    return
+                after_a_batch = bool(batch)
+                if batch:
+                    self._run(batch, buffer, instance)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the model without this thread
+                log.exception("compute thread error", extra={"model": self.model.name})
+                if batch:
+                    _answer_later(batch, ServeError(f"internal error in the batcher: {exc}"))
 
-    def _take_batch(self, after_a_batch: bool, helper: bool) -> tuple[list[_Pending], float] | None:
+    def _take_batch(self, after_a_batch: bool, helper: bool) -> list[_Pending] | None:
         """Wait for work, then take the oldest requests, up to max_batch_size images (a lone larger
         request runs alone, unsplit). None once the batcher is closed."""
-        expired: list[_Pending] = []
         with self._lock:
             if helper:
                 after_a_batch = False  # there is plenty to take
@@ -185,7 +191,6 @@ class Batcher:
                     self._threads_waiting_for_company += 1
                     self._batch_full.wait(remaining)
                     self._threads_waiting_for_company -= 1
-            now = time.monotonic()
             batch: list[_Pending] = []
             size = 0
             while self._queue:
@@ -194,34 +199,32 @@ class Batcher:
                     break
                 self._queue.popleft()
                 self._queued_images -= len(pending.images)
-                if pending.future.done():  # cancelled while queued
-                    continue
-                if pending.deadline is not None and pending.deadline <= now:
-                    expired.append(pending)
-                    continue
                 batch.append(pending)
                 size += len(pending.images)
             depth = len(self._queue)
         self.metrics.queue_depth.set(depth)
-        if expired:
-            _answer_later(expired, DeadlinePassed("the deadline passed while the request was queued"))
-        return batch, now
+        return _still_wanted(batch, time.monotonic())
 
-    def _run(self, batch: list[_Pending], started: float, buffer: np.ndarray, instance: int) -> None:
-        """Merge (one copy), run (onnxruntime releases the GIL), hand the answers to the event loop."""
-        try:
-            if len(batch) == 1:
-                images = batch[0].images
-            else:
-                size = sum(len(p.images) for p in batch)
-                images = np.concatenate([p.images for p in batch], out=buffer[:size])
-            with self._run_slots:
+    def _run(self, batch: list[_Pending], buffer: np.ndarray, instance: int) -> None:
+        """Wait for a run slot, merge (one copy), run (onnxruntime releases the GIL), hand the answers
+        to the event loop."""
+        with self._run_slots:
+            started = time.monotonic()
+            batch = _still_wanted(batch, started)  # other models' runs may have kept the slots a while
+            if not batch:
+                return
+            try:
+                if len(batch) == 1:
+                    images = batch[0].images
+                else:
+                    size = sum(len(p.images) for p in batch)
+                    images = np.concatenate([p.images for p in batch], out=buffer[:size])
                 start = time.perf_counter()
                 outputs = self.model.run(images, instance)
                 compute_s = time.perf_counter() - start
-        except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
-            _answer_later(batch, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"))
-            return
+            except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
+                _answer_later(batch, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"))
+                return
         answers = []
         offset = 0
         for pending in batch:
@@ -245,6 +248,46 @@ class Batcher:
             self._queued_images -= len(pending.images)
             depth = len(self._queue)
         self.metrics.queue_depth.set(depth)
+
+
+def _still_wanted(batch: list[_Pending], now: float) -> list[_Pending]:
+    """``batch`` less the requests cancelled meanwhile and those whose deadline has passed (answered
+    DEADLINE_EXCEEDED here: they are never computed)."""
+    wanted, expired = [], []
+    for pending in batch:
+        if pending.future.done():  # cancelled
+            continue
+        (expired if pending.deadline is not None and pending.deadline <= now else wanted).append(pending)
+    if expired:
+        _answer_later(expired, DeadlinePassed("the deadline passed while the request was queued"))
+    return wanted
+
+
+class RunSlots:
+    """At most ``count`` runs at a time, shared by a process's batchers, granted in the order asked
+    for: a thread that just ran cannot take its slot back ahead of another model's waiting thread."""
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._free = count
+        self._waiting: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by the run that hands its slot over
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._free += 1
 
 
 def _answer_later(batch: list[_Pending], answers: list[BatchResult] | ServeError) -> None:

@@ -79,6 +79,31 @@ class Model:
             session = self.instance_sessions[instance - 1] if 0 < instance <= len(self.instance_sessions) else self.session
         return session.run(self.metadata.output_names, {self.metadata.input_name: images})
 
+    def open_instance_sessions_in_background(self, settings: ServeSettings) -> None:
+        """On CPU with several threads a run, instances 1, 2, ... get sessions of their own, opened after
+        the server is up (a big model takes a second or more to open); until then, and on CUDA (one
+        copy of the weights on the GPU), they share the first session, which is thread-safe."""
+        if settings.instances_resolved < 2 or settings.intra_op_threads_resolved < 2 or self.provider != CPU:
+            return
+
+        def open_sessions() -> None:
+            try:
+                sessions = [
+                    ort.InferenceSession(str(self.path), _session_options(settings), providers=[CPU])
+                    for _ in range(settings.instances_resolved - 1)
+                ]
+                feed = {self.metadata.input_name: np.zeros((1, *self.image_shape), dtype=np.uint8)}
+                for session in sessions:
+                    session.run(self.metadata.output_names, feed)
+            except Exception:  # noqa: BLE001 - serving goes on, on the first session
+                log.exception("could not open the other instances' sessions; they share the first",
+                              extra={"model": self.name})
+                return
+            self.instance_sessions = sessions
+            log.info("instance sessions ready", extra={"model": self.name, "version": self.version, "count": len(sessions)})
+
+        threading.Thread(target=open_sessions, name=f"edgecnn-open-{self.name}", daemon=True).start()
+
     def warm_up(self) -> float:
         """One run on a blank image per session, so the first request does not pay for allocations; seconds taken."""
         start = time.perf_counter()
@@ -110,8 +135,6 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
     warm_s = model.warm_up()
     if provider == CPU and settings.intra_op_threads_resolved > 1:
         _add_single_thread_session(model, settings)
-    if settings.instances_resolved > 1 and settings.intra_op_threads_resolved > 1:
-        _open_instance_sessions_in_background(model, settings)
     log.info(
         "model loaded",
         extra={
@@ -171,28 +194,6 @@ def _batch_of_one_seconds(model: Model, repeats: int = 3) -> float:
     return statistics.median(seconds)
 
 
-def _open_instance_sessions_in_background(model: Model, settings: ServeSettings) -> None:
-    """Instances 1, 2, ... get sessions of their own, opened after the server is up (a big model takes
-    a second or more to open); until then they share the first session, which is thread-safe."""
-
-    def open_sessions() -> None:
-        try:
-            sessions = [
-                ort.InferenceSession(str(model.path), _session_options(settings), providers=model.session.get_providers())
-                for _ in range(settings.instances_resolved - 1)
-            ]
-            feed = {model.metadata.input_name: np.zeros((1, *model.image_shape), dtype=np.uint8)}
-            for session in sessions:
-                session.run(model.metadata.output_names, feed)
-        except Exception:  # noqa: BLE001 - serving goes on, on the first session
-            log.exception("could not open the other instances' sessions; they share the first", extra={"model": model.name})
-            return
-        model.instance_sessions = sessions
-        log.info("instance sessions ready", extra={"model": model.name, "version": model.version, "count": len(sessions)})
-
-    threading.Thread(target=open_sessions, name=f"edgecnn-open-{model.name}", daemon=True).start()
-
-
 def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float = 0.5, repeats: int = 7) -> int:
     """The smallest batch size (1, 2, 4, ...) at which the multi-threaded session beats the single-threaded
     one, timed side by side (A B A B ...) on blank images within about ``budget_s``; batches below it
@@ -213,7 +214,7 @@ def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float
             return size
         size *= 2
         if time.perf_counter() > give_up:
-            return size  # the single thread won up to here; larger batches keep every thread
+            return min(size, max_batch_size + 1)  # the single thread won up to here; larger batches keep every thread
     return max_batch_size + 1
 
 

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
-from edgecnn.serve.batcher import Batcher
+from edgecnn.serve.batcher import Batcher, RunSlots
 from edgecnn.serve import grpc_service, health
 from edgecnn.serve.grpc_service import InferenceService
 from edgecnn.serve.logs import configure_logging
@@ -55,12 +55,27 @@ class InferenceServer:
         self.metrics_port: int | None = None
 
     async def start(self) -> None:
+        """Load, warm up and listen; on failure (a port in use, say) nothing is left running."""
         s = self.settings
         self.repository = Repository.load(s)
+        self.batchers: dict[tuple[str, str], Batcher] = {}
+        try:
+            await self._start()
+        except BaseException:
+            for batcher in self.batchers.values():
+                await batcher.stop()
+            if getattr(self, "_decode", None) is not None:
+                self._decode.shutdown(wait=False, cancel_futures=True)
+            raise
+        for model in self.repository:  # after every model is loaded and timed, so they do not overlap
+            model.open_instance_sessions_in_background(s)
+
+    async def _start(self) -> None:
+        s = self.settings
         self.metrics = Metrics()
         # At most --instances runs at a time per process, whichever models they are for: each run
         # spans intra_op_threads cores, and more runs side by side would fight over them.
-        run_slots = threading.Semaphore(s.instances_resolved)
+        run_slots = RunSlots(s.instances_resolved)
         self._decode = ThreadPoolExecutor(s.decode_threads_resolved, thread_name_prefix="decode")
         self.batchers = {
             (m.name, m.version): Batcher(

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edgecnn.serve.batcher import Batcher
+from edgecnn.serve.batcher import Batcher, RunSlots
 from edgecnn.serve.errors import DeadlinePassed, QueueFull
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import load_model
@@ -189,3 +189,81 @@ def test_small_work_waits_for_the_first_instance_to_merge_it(model):
     held, sizes = run_with_batcher(model, scenario, max_batch_size=8, instances=2)
     assert held == [1]
     assert sizes == [2, 2]
+
+
+def test_a_request_that_waited_for_another_models_run_slot_past_its_deadline_is_never_computed(model):
+    async def scenario(batcher, gate):
+        slots = RunSlots(1)
+        other = Batcher(model, max_batch_size=8, max_queue_delay_us=0, max_queue_size=16,
+                        metrics=Metrics().for_model("other", "1"), run_slots=slots)
+        mine = Batcher(model, max_batch_size=8, max_queue_delay_us=0, max_queue_size=16,
+                       metrics=Metrics().for_model("tiny", "1"), run_slots=slots)
+        try:
+            running = asyncio.ensure_future(other.infer(random_images(1)))  # holds the only slot at the gate
+            await runs_at_the_gate(gate, 1)
+            late = asyncio.ensure_future(mine.infer(random_images(2), deadline=time.monotonic() + 0.05))
+            cancelled = asyncio.ensure_future(mine.infer(random_images(3)))
+            await asyncio.sleep(0.1)
+            cancelled.cancel()
+            await asyncio.sleep(0.01)
+            gate.open()
+            await running
+            with pytest.raises(DeadlinePassed):
+                await late
+            await asyncio.sleep(0.05)
+            return list(gate.batches)
+        finally:
+            await other.stop()
+            await mine.stop()
+
+    assert run_with_batcher(model, scenario) == [1]  # only the other model's run was computed
+
+
+def test_run_slots_are_handed_over_in_the_order_asked_for():
+    import threading
+
+    slots, order = RunSlots(1), []
+    slots.__enter__()
+    waiters = []
+    for name in ("first", "second"):
+        ready = threading.Event()
+
+        def wait(name=name, ready=ready):
+            ready.set()
+            with slots:
+                order.append(name)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        ready.wait(5)
+        time.sleep(0.05)  # let it queue up before the next one asks
+        waiters.append(thread)
+    slots.__exit__(None, None, None)
+    with slots:  # asks after both: must come last
+        order.append("third")
+    for thread in waiters:
+        thread.join(5)
+    assert order[:2] == ["first", "second"] and order[-1] == "third"
+
+
+def test_an_error_in_the_batch_metrics_does_not_stop_the_compute_thread(model):
+    async def scenario(batcher, gate):
+        gate.open()
+        calls = []
+
+        class MetricsFailingOnce:
+            def __getattr__(self, name):
+                return getattr(metrics, name)
+
+            def observe_batch(self, size, seconds):
+                calls.append(size)
+                if len(calls) == 1:
+                    raise RuntimeError("metrics store unavailable")
+
+        metrics = batcher.metrics
+        batcher.metrics = MetricsFailingOnce()
+        first = await asyncio.wait_for(batcher.infer(random_images(1)), timeout=10)
+        second = await asyncio.wait_for(batcher.infer(random_images(2)), timeout=10)
+        return first.batch_size, second.batch_size, calls
+
+    assert run_with_batcher(model, scenario) == (1, 2, [1, 2])

@@ -78,14 +78,20 @@ def test_single_thread_threshold_is_measured_at_load_and_1_turns_it_off(tiny_mod
 
 
 def test_each_instance_runs_on_its_own_session_when_runs_span_threads(tiny_model):
-    model = load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=2, single_thread_below=1))
+    settings = settings_for(tiny_model, instances=2, intra_op_threads=2, single_thread_below=1)
+    model = load_model(tiny_model, settings)
+    assert model.instance_sessions == []  # until the server has started
+    model.open_instance_sessions_in_background(settings)
     wait_until(lambda: model.instance_sessions, what="the second instance's session, opened in the background")
     assert len(model.instance_sessions) == 1 and model.instance_sessions[0] is not model.session
     images = random_images(3)
     for instance in (0, 1):
         np.testing.assert_allclose(model.run(images, instance)[0], reference_outputs(tiny_model, images)["logits"],
                                    rtol=1e-5, atol=1e-6)
-    assert load_model(tiny_model, settings_for(tiny_model, instances=2, intra_op_threads=1)).instance_sessions == []
+    one_thread = settings_for(tiny_model, instances=2, intra_op_threads=1)
+    shared = load_model(tiny_model, one_thread)
+    shared.open_instance_sessions_in_background(one_thread)  # single-threaded runs share one session
+    assert shared.instance_sessions == []
 
 
 def test_a_model_slow_at_batch_one_gets_no_single_threaded_session(tiny_model, monkeypatch):

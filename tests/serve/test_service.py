@@ -242,3 +242,18 @@ def test_metrics_endpoint(server, client):
         'edgecnn_queue_depth{model="tiny",version="1"} 0.0',
     ):
         assert line in text, line
+
+
+def test_a_server_that_cannot_listen_leaves_no_compute_threads_behind(tiny_model):
+    import socket
+    import threading
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = {t.name for t in threading.enumerate() if t.name.startswith("edgecnn-compute")}
+        with pytest.raises(RuntimeError):
+            start_server(settings_for(tiny_model, port=port, metrics=False))
+    left = {t.name for t in threading.enumerate() if t.name.startswith("edgecnn-compute")} - before
+    assert left == set()

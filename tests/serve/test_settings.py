@@ -47,6 +47,8 @@ def test_thread_defaults_split_the_cores_between_workers_and_instances(monkeypat
     one_instance = ServeSettings(model="m.onnx", instances=1)
     assert one_instance.intra_op_threads_resolved == 8
     assert ServeSettings(model="m.onnx", intra_op_threads=3).intra_op_threads_resolved == 3
+    threads_asked = ServeSettings(model="m.onnx", intra_op_threads=8)
+    assert (threads_asked.instances_resolved, threads_asked.intra_op_threads_resolved) == (1, 8)
     monkeypatch.setattr(settings_module, "usable_cores", lambda: 1)
     single_core = ServeSettings(model="m.onnx")
     assert (single_core.instances_resolved, single_core.intra_op_threads_resolved) == (1, 1)
