@@ -63,6 +63,8 @@ def bench(
         rich_help_panel="Output", show_default=False)] = None,
 ) -> None:
     """Latency and throughput, in-process and over gRPC, with the transport and compute floors. Runs without torch."""
+    flags = dict(locals())  # every parameter but models and compare is a BenchSettings field of the same name
+    del flags["models"], flags["compare"]
     from rich.console import Console
 
     from edgecnn.benchmarks.compare import print_comparison
@@ -76,15 +78,8 @@ def bench(
         print_comparison(*compare, console=console)
         return
     try:
-        settings = BenchSettings(
-            providers=_parse(providers, str), batch_sizes=_parse(batch_sizes, int), threads=threads,
-            warmup_s=warmup_s, window_s=window_s, stability=stability, max_seconds=max_seconds,
-            server=server, start_server=start_server, server_args=server_args, model=model,
-            model_version=model_version, batch_size=batch_size, concurrency=_parse(concurrency, int),
-            rates=_parse(rates, float), scenarios=_parse(scenarios, str), latency_bound_ms=latency_bound_ms,
-            search_steps=search_steps, point_warmup_s=point_warmup_s, duration_s=duration_s, clients=clients,
-            images=images, distinct_requests=distinct_requests, timeout_s=timeout_s, floors=floors, seed=seed, out=out,
-        )
+        lists = {"providers": str, "batch_sizes": int, "concurrency": int, "rates": float, "scenarios": str}
+        settings = BenchSettings(**(flags | {name: _parse(flags[name], kind) for name, kind in lists.items()}))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

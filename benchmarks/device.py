@@ -18,7 +18,7 @@ def describe_device() -> dict[str, Any]:
     import onnxruntime as ort
 
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "cgroup_cpu_limit": _cgroup_cpu_limit(),
@@ -34,7 +34,7 @@ def describe_device() -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():

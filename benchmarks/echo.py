@@ -29,14 +29,10 @@ from pathlib import Path
 import grpc
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
+from edgecnn.serve.client import CHANNEL_OPTIONS
 from edgecnn.serve.settings import ServeSettings
 
 SERVICE = "inference.GRPCInferenceService"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # edgecnn serve's default --max-message-bytes
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 def echo_response(request: pb.ModelInferRequest) -> bytes:

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.benchmarks.stats import LatencyStats, is_stable, summarize
+from edgecnn.benchmarks.timing import time_calls
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -129,28 +130,16 @@ def measure(
     while not is_stable(throughputs, settings.stability, STABLE_WINDOWS):
         if time.perf_counter() - started > settings.max_seconds and len(windows) >= STABLE_WINDOWS:
             break
-        window = _one_window(session, feed, settings.window_s)
+        window = time_calls(lambda: session.run(None, feed), warmup=0, min_calls=3, min_seconds=settings.window_s)
         windows.append(window)
         throughputs.append(batch_size * window.size / float(window.sum()))
     stable = is_stable(throughputs, settings.stability, STABLE_WINDOWS)
     return stable, throughputs, np.concatenate(windows[-STABLE_WINDOWS:])
 
 
-def _one_window(session: Any, feed: dict[str, np.ndarray], seconds: float, min_calls: int = 3) -> np.ndarray:
-    samples = []
-    end = time.perf_counter() + seconds
-    while len(samples) < min_calls or time.perf_counter() < end:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        samples.append(time.perf_counter() - t0)
-    return np.asarray(samples)
-
-
 def benchmark_model(
-    model: str | Path, provider: str, batch_size: int, settings: BenchSettings, session: Any = None
+    model: str | Path, session: Any, full_provider: str, batch_size: int, settings: BenchSettings
 ) -> InProcessResult:
-    full_provider = resolve_provider(provider)
-    session = session or open_session(model, full_provider, settings.threads)
     feed = random_feed(session, batch_size, settings.seed)
     stable, throughputs, latencies = measure(session, feed, batch_size, settings)
     return InProcessResult(
@@ -174,7 +163,8 @@ def run_inprocess(
     results = []
     for model in models:
         for provider in settings.providers:
-            session = open_session(model, resolve_provider(provider), settings.threads)
+            full_provider = resolve_provider(provider)
+            session = open_session(model, full_provider, settings.threads)
             for batch_size in batch_sizes or settings.batch_sizes:
-                results.append(benchmark_model(model, provider, batch_size, settings, session))
+                results.append(benchmark_model(model, session, full_provider, batch_size, settings))
     return results

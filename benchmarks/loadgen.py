@@ -231,7 +231,7 @@ def merge(target: str, mode: str, results: list[JobResult], batch_size: int, dur
 def _client_main(pipe: multiprocessing.connection.Connection) -> None:
     import grpc
 
-    from edgecnn.benchmarks.echo import CHANNEL_OPTIONS
+    from edgecnn.serve.client import CHANNEL_OPTIONS
     from edgecnn.benchmarks.payload import MODEL_INFER
 
     loop = asyncio.new_event_loop()

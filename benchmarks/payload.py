@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from edgecnn.benchmarks.echo import CHANNEL_OPTIONS, SERVICE
+from edgecnn.benchmarks.echo import SERVICE
+from edgecnn.serve.client import CHANNEL_OPTIONS
 from edgecnn.benchmarks.inprocess import random_array
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.codec import DATATYPES

@@ -7,7 +7,6 @@ Every variant runs in this one process with the same session options, the ones s
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecnn.benchmarks import inprocess
+from edgecnn.benchmarks.device import cpu_model
 from edgecnn.benchmarks.timing import interleaved, summarize
 from edgecnn.export.metadata import INPUT_NAME, LOGITS
 
@@ -70,16 +70,16 @@ def time_sessions(
     rounds: int,
 ) -> dict[str, Speed]:
     """Median speed of each session at both batch sizes, the sessions interleaved (A B A B ...)."""
-    medians: dict[int, dict[str, float]] = {}
-    for batch_size in (latency_batch, throughput_batch):
+    stats = {}
+    for batch_size in dict.fromkeys((latency_batch, throughput_batch)):  # once when both are the same size
         batch = _batch_of(images, batch_size)
         calls = {name: _caller(session, batch) for name, session in sessions.items()}
         samples = interleaved(calls, rounds=rounds)
-        medians[batch_size] = {name: summarize(s, batch_size).p50_ms for name, s in samples.items()}
+        stats[batch_size] = {name: summarize(s, batch_size) for name, s in samples.items()}
     return {
         name: Speed(
-            latency_ms=medians[latency_batch][name],
-            throughput_ips=throughput_batch / (medians[throughput_batch][name] / 1e3),
+            latency_ms=stats[latency_batch][name].p50_ms,
+            throughput_ips=stats[throughput_batch][name].items_per_s,
         )
         for name in sessions
     }
@@ -87,15 +87,14 @@ def time_sessions(
 
 def describe_machine(threads: int) -> dict[str, Any]:
     """The CPU and runtime the timings were taken on: int8 speed depends on VNNI above all."""
-    model, flags = platform.processor() or platform.machine(), set()
+    flags: set[str] = set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
+            if key.strip() == "flags":
                 flags = set(value.split())
+                break
     if "avx512_vnni" in flags or "avx_vnni" in flags:
         vnni = "VNNI int8 dot products (" + ", ".join(sorted(flags & {"avx512_vnni", "avx_vnni"})) + ")"
     elif "avx2" in flags:
@@ -103,7 +102,7 @@ def describe_machine(threads: int) -> dict[str, Any]:
     else:
         vnni = "no AVX2/VNNI flags seen"
     return {
-        "cpu": f"{model}, {os.cpu_count()} logical cores",
+        "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
         "vnni": vnni,
         "onnxruntime": ort.__version__,
         "threads": threads or "onnxruntime default (all physical cores)",

@@ -24,7 +24,7 @@ from edgecnn.export.graph import export_onnx, wrap_for_export
 from edgecnn.export.metadata import ModelMetadata, write_metadata
 from edgecnn.export.report import ExportReport, RecipeResult, VariantResult
 from edgecnn.export.settings import ExportError, ExportSettings
-from edgecnn.train.checkpoint import RunDirError, load_run
+from edgecnn.train.checkpoint import RUN_JSON, RunDirError, load_run
 from edgecnn.train.data import DatasetError
 from edgecnn.train.evaluate import load_run_splits
 from edgecnn.train.normalisation import Normalisation
@@ -100,8 +100,8 @@ def _load_run(run_dir: Path):
 
 
 def _load_images(model: nn.Module, info: dict[str, Any], run_dir: Path, settings: ExportSettings) -> ExportInputs:
-    if "dataset" not in info or "normalisation" not in info:
-        raise ExportError(f"{run_dir / 'run.json'} does not record its dataset and normalisation: train it again")
+    if "dataset" not in info:  # load_run has checked everything else the export needs
+        raise ExportError(f"{run_dir / RUN_JSON} does not record its dataset: train it again")
     try:
         train, test = load_run_splits(info)
     except DatasetError as exc:
@@ -196,7 +196,7 @@ class _Stamp:
         info = self.inputs.info
         height, width, channels = self.inputs.image_shape
         return ModelMetadata(
-            name=self.name if variant == "fp32" else f"{self.name}-{variant}",
+            name=_model_name(self.name, variant),
             version=self.version,
             labels=list(info["labels"]),
             height=height,
@@ -307,7 +307,7 @@ def pytorch_logits(model: nn.Module, normalisation: Normalisation, images: np.nd
     parts = []
     for start in range(0, len(images), PYTORCH_BATCH):
         batch = torch.tensor(images[start : start + PYTORCH_BATCH]).permute(0, 3, 1, 2)  # a copy: may be read-only
-        parts.append(model(normalisation(batch.float() * normalisation.scale)).numpy())
+        parts.append(model(normalisation.model_input(batch)).numpy())
     return np.concatenate(parts)
 
 
@@ -379,11 +379,16 @@ def _choose_recipe(recipes: list[RecipeResult], settings: ExportSettings) -> tup
     return chosen, reason + "."
 
 
+def _model_name(name: str, variant: str) -> str:
+    """The name a variant is served under: the run's name for fp32, suffixed for the others."""
+    return name if variant == "fp32" else f"{name}-{variant}"
+
+
 def _variant(variant: str, r: dict[str, Any], name: str, ok: bool, message: str, recipe: str = "") -> VariantResult:
     return VariantResult(
         variant=variant,
         file=OUTPUT_FILES[variant],
-        model_name=name if variant == "fp32" else f"{name}-{variant}",
+        model_name=_model_name(name, variant),
         status="ok" if ok else "failed",
         message=message,
         recipe=recipe,

@@ -24,8 +24,13 @@ from edgecnn.serve.codec import (
     response_arrays,
     response_parameters,
 )
+from edgecnn.serve.settings import ServeSettings
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The server's default --max-message-bytes, both ways: clients, the echo server and the load generator use these.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", ServeSettings.max_message_bytes),
+    ("grpc.max_send_message_length", ServeSettings.max_message_bytes),
+]
 
 
 @dataclass(frozen=True)
@@ -41,13 +46,7 @@ class InferenceClient:
     def __init__(self, address: str, *, timeout: float | None = 30.0) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     def server_live(self) -> bool:

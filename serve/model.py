@@ -92,9 +92,7 @@ class Model:
                     ort.InferenceSession(str(self.path), _session_options(settings), providers=[CPU])
                     for _ in range(settings.instances_resolved - 1)
                 ]
-                feed = {self.metadata.input_name: np.zeros((1, *self.image_shape), dtype=np.uint8)}
-                for session in sessions:
-                    session.run(self.metadata.output_names, feed)
+                self.warm_up(*sessions)
             except Exception:  # noqa: BLE001 - serving goes on, on the first session
                 log.exception("could not open the other instances' sessions; they share the first",
                               extra={"model": self.name})
@@ -104,13 +102,23 @@ class Model:
 
         threading.Thread(target=open_sessions, name=f"edgecnn-open-{self.name}", daemon=True).start()
 
-    def warm_up(self) -> float:
-        """One run on a blank image per session, so the first request does not pay for allocations; seconds taken."""
+    def warm_up(self, *sessions: ort.InferenceSession) -> float:
+        """One run on a blank image per session (default: the model's), so the first request does not pay
+        for allocations; seconds taken."""
         start = time.perf_counter()
-        feed = {self.metadata.input_name: np.zeros((1, *self.image_shape), dtype=np.uint8)}
-        for session in (self.session, self.single_thread_session):
+        for session in sessions or (self.session, self.single_thread_session):
             if session is not None:
-                session.run(self.metadata.output_names, feed)
+                self.timed_run(session, self.blank_feed())
+        return time.perf_counter() - start
+
+    def blank_feed(self, count: int = 1) -> dict[str, np.ndarray]:
+        """``count`` black images as the graph's input: for warm-up and load-time timing."""
+        return {self.metadata.input_name: np.zeros((count, *self.image_shape), dtype=np.uint8)}
+
+    def timed_run(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
+        """Seconds one run of ``session`` takes on ``feed``."""
+        start = time.perf_counter()
+        session.run(self.metadata.output_names, feed)
         return time.perf_counter() - start
 
 
@@ -178,20 +186,14 @@ def _add_single_thread_session(model: Model, settings: ServeSettings) -> None:
     if not settings.single_thread_below and _batch_of_one_seconds(model) >= PARALLEL_ALWAYS_PAYS_S:
         return  # a heavy model: the pool's wake-ups are noise even at batch 1; skip the second session
     model.single_thread_session = ort.InferenceSession(str(model.path), _session_options(settings, 1), providers=[CPU])
-    model.warm_up()
+    model.warm_up(model.single_thread_session)
     model.single_thread_below = settings.single_thread_below or _single_thread_wins_below(model, settings.max_batch_size)
     if model.single_thread_below <= 1:
         model.single_thread_session = None  # never used: let it go
 
 
 def _batch_of_one_seconds(model: Model, repeats: int = 3) -> float:
-    feed = {model.metadata.input_name: np.zeros((1, *model.image_shape), dtype=np.uint8)}
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.session.run(model.metadata.output_names, feed)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return statistics.median(model.timed_run(model.session, model.blank_feed()) for _ in range(repeats))
 
 
 def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float = 0.5, repeats: int = 7) -> int:
@@ -201,16 +203,15 @@ def _single_thread_wins_below(model: Model, max_batch_size: int, budget_s: float
     give_up = time.perf_counter() + budget_s
     size = 1
     while size <= max_batch_size:
-        feed = {model.metadata.input_name: np.zeros((size, *model.image_shape), dtype=np.uint8)}
-        seconds: dict[int, list[float]] = {1: [], 0: []}
-        for session in (model.single_thread_session, model.session):
-            session.run(model.metadata.output_names, feed)  # untimed: the first run of a new shape allocates
+        feed = model.blank_feed(size)
+        sessions = {"single": model.single_thread_session, "every core": model.session}
+        for session in sessions.values():
+            model.timed_run(session, feed)  # untimed: the first run of a new shape allocates
+        seconds: dict[str, list[float]] = {name: [] for name in sessions}
         for _ in range(repeats):
-            for key, session in ((1, model.single_thread_session), (0, model.session)):
-                start = time.perf_counter()
-                session.run(model.metadata.output_names, feed)
-                seconds[key].append(time.perf_counter() - start)
-        if statistics.median(seconds[0]) < statistics.median(seconds[1]):
+            for name, session in sessions.items():
+                seconds[name].append(model.timed_run(session, feed))
+        if statistics.median(seconds["every core"]) < statistics.median(seconds["single"]):
             return size
         size *= 2
         if time.perf_counter() > give_up:

@@ -58,20 +58,6 @@ class InferenceServer:
         """Load, warm up and listen; on failure (a port in use, say) nothing is left running."""
         s = self.settings
         self.repository = Repository.load(s)
-        self.batchers: dict[tuple[str, str], Batcher] = {}
-        try:
-            await self._start()
-        except BaseException:
-            for batcher in self.batchers.values():
-                await batcher.stop()
-            if getattr(self, "_decode", None) is not None:
-                self._decode.shutdown(wait=False, cancel_futures=True)
-            raise
-        for model in self.repository:  # after every model is loaded and timed, so they do not overlap
-            model.open_instance_sessions_in_background(s)
-
-    async def _start(self) -> None:
-        s = self.settings
         self.metrics = Metrics()
         # At most --instances runs at a time per process, whichever models they are for: each run
         # spans intra_op_threads cores, and more runs side by side would fight over them.
@@ -90,7 +76,16 @@ class InferenceServer:
             for m in self.repository
         }
         self.service = InferenceService(self.repository, self.batchers, self.metrics, self._decode, _package_version())
+        try:
+            await self._listen()
+        except BaseException:
+            await self._stop_workers()
+            raise
+        for model in self.repository:  # after every model is loaded and timed, so they do not overlap
+            model.open_instance_sessions_in_background(s)
 
+    async def _listen(self) -> None:
+        s = self.settings
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -130,12 +125,16 @@ class InferenceServer:
         self.service.ready = False
         await self._health.enter_graceful_shutdown()
         await self._grpc.stop(grace)
-        for batcher in self.batchers.values():
-            await batcher.stop()
-        self._decode.shutdown(wait=False, cancel_futures=True)
+        await self._stop_workers()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+
+    async def _stop_workers(self) -> None:
+        """The batchers' compute threads (answering what is still queued) and the decode threads."""
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self._decode.shutdown(wait=False, cancel_futures=True)
 
 
 # --- `edgecnn serve` ---------------------------------------------------------------------------

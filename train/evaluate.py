@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.train.checkpoint import RunDirError, load_run
+from edgecnn.train.checkpoint import RUN_JSON, RunDirError, load_run
 from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
 from edgecnn.train.imageset import ImageSet
 from edgecnn.train.normalisation import Normalisation
@@ -55,7 +55,7 @@ def evaluate_run(
     loaded = load_run(run_dir, device=device)
     info = loaded.info
     if spec is None and "dataset" not in info:
-        raise RunDirError(f"{Path(run_dir) / 'run.json'} does not name its dataset: pass --dataset")
+        raise RunDirError(f"{Path(run_dir) / RUN_JSON} does not name its dataset: pass --dataset")
     spec = spec or DatasetSpec.from_json(info["dataset"])
     _, test = load_run_splits(info, spec)
     data = DeviceImages(test, Normalisation.from_json(info["normalisation"]), torch.device(device))

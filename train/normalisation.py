@@ -8,6 +8,7 @@ any dataset, folders included, gets them without a table of per-dataset constant
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,9 +50,23 @@ class Normalisation:
 
     def __call__(self, scaled: "torch.Tensor") -> "torch.Tensor":
         """Normalise NCHW images already multiplied by ``scale``."""
-        import torch
-
-        shape = (1, len(self.mean), 1, 1)
-        mean = torch.tensor(self.mean, dtype=scaled.dtype, device=scaled.device).view(shape)
-        std = torch.tensor(self.std, dtype=scaled.dtype, device=scaled.device).view(shape)
+        mean, std = _channel_tensors(tuple(self.mean), tuple(self.std), scaled.dtype, scaled.device)
         return (scaled - mean) / std
+
+    def scaled(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """uint8 NCHW pixels as float32 in [0, 1] (where augmentation happens, before normalisation)."""
+        return pixels.float() * self.scale
+
+    def model_input(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """uint8 NCHW pixels as the model takes them: the trainer's and the export check's one preprocessing."""
+        return self(self.scaled(pixels))
+
+
+@lru_cache(maxsize=16)
+def _channel_tensors(mean: tuple, std: tuple, dtype: "torch.dtype", device: "torch.device"):
+    """Mean and std as [1, C, 1, 1] tensors, made once per device: not a host-to-device copy every step."""
+    import torch
+
+    shape = (1, len(mean), 1, 1)
+    return (torch.tensor(mean, dtype=dtype, device=device).view(shape),
+            torch.tensor(std, dtype=dtype, device=device).view(shape))

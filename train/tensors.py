@@ -24,10 +24,10 @@ class DeviceImages:
 
     def scaled(self, index: torch.Tensor | slice) -> torch.Tensor:
         """float32 NCHW images in [0, 1] (before normalisation, where augmentation happens)."""
-        return self.images[index].float() * self.normalise.scale
+        return self.normalise.scaled(self.images[index])
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """All images in order, normalised, in batches of ``batch_size`` (for evaluation)."""
         for start in range(0, len(self), batch_size):
             batch = slice(start, start + batch_size)
-            yield self.normalise(self.scaled(batch)), self.labels[batch]
+            yield self.normalise.model_input(self.images[batch]), self.labels[batch]

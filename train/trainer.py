@@ -26,7 +26,7 @@ from edgecnn.train.augment import augment
 from edgecnn.train.data import load_splits, split_validation
 from edgecnn.train.evaluate import confusion_matrix, predict
 from edgecnn.train.imageset import ImageSet
-from edgecnn.train.models import check_options, create_model, default_learning_rate
+from edgecnn.train.models import check_options, count_parameters, create_model, default_learning_rate
 from edgecnn.train.normalisation import Normalisation
 from edgecnn.train.progress import EpochProgress
 from edgecnn.train.settings import Augmentation, SettingsError, TrainSettings
@@ -116,7 +116,7 @@ def _run(settings: TrainSettings, resume_dir: Path | None, progress: bool, conso
         loop.counters = _restore(resume_dir, loop, info)
         console.print(f"resuming {resume_dir} after epoch {loop.counters.epoch}")
 
-    console.print(f"training {settings.model} ({sum(p.numel() for p in loop.model.parameters()):,} parameters) "
+    console.print(f"training {settings.model} ({count_parameters(loop.model):,} parameters) "
                   f"on {len(train_set):,} {train_set.name} images, device {device}, run directory {run_dir}")
     try:
         _epochs(loop, val_data, run_dir, info, EpochProgress(console, enabled=progress))
