@@ -95,7 +95,7 @@ def load_images(folder: str | Path, spec: InputSpec) -> np.ndarray:
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return np.stack([decode_image(p.read_bytes(), height, width, channels) for p in files])
+    return np.stack([decode_image(p.read_bytes(), height, width, channels, formats=None) for p in files])
 
 
 def build_requests(

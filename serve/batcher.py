@@ -58,6 +58,7 @@ class Batcher:
         max_queue_delay_us: int,
         max_queue_size: int,
         metrics: ModelMetrics,
+        max_queue_images: int | None = None,
         instances: int = 1,
         run_slots: RunSlots | None = None,
     ) -> None:
@@ -71,6 +72,8 @@ class Batcher:
         self._max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_us / 1e6
         self._max_queue_size = max_queue_size
+        # Queued work bounded in memory too, not just in requests: images held waiting for a batch.
+        self._max_queue_images = max_queue_images or 8 * max_batch_size
         self._run_slots = run_slots or RunSlots(instances)
         # Everything below is shared by the event loop and the compute thread: guarded by _lock.
         self._lock = threading.Lock()
@@ -113,6 +116,11 @@ class Batcher:
             if len(self._queue) >= self._max_queue_size:
                 raise QueueFull(
                     f"model {self.model.name!r} has {len(self._queue)} requests queued (--max-queue-size); retry later"
+                )
+            if self._queued_images and self._queued_images + len(images) > self._max_queue_images:
+                raise QueueFull(
+                    f"model {self.model.name!r} has {self._queued_images} images queued; {len(images)} more would pass "
+                    f"--max-queue-images {self._max_queue_images}; retry later"
                 )
             self._queue.append(pending)
             self._queued_images += len(images)

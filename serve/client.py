@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -24,13 +25,55 @@ from edgecnn.serve.codec import (
     response_arrays,
     response_parameters,
 )
-from edgecnn.serve.settings import ServeSettings
 
-# The server's default --max-message-bytes, both ways: clients, the echo server and the load generator use these.
+# Clients, the echo server and the load generator: large enough for any request a server accepts
+# (the server's own receive limit is what refuses oversized ones).
+CLIENT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", ServeSettings.max_message_bytes),
-    ("grpc.max_send_message_length", ServeSettings.max_message_bytes),
+    ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
 ]
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client reaches a server with TLS, mutual TLS and a bearer token (all optional).
+
+    ``tls_ca`` (or ``tls``, for a server whose certificate the system's roots trust) turns TLS on;
+    ``tls_cert``/``tls_key`` present a client certificate (mutual TLS); ``token`` is sent as
+    ``authorization: Bearer TOKEN`` metadata on every call.
+    """
+
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_files(cls, *, tls: bool = False, tls_ca: Path | None = None, tls_cert: Path | None = None,
+                   tls_key: Path | None = None, token_file: Path | None = None) -> "ChannelSecurity":
+        from edgecnn.serve.auth import read_token_file
+
+        token = read_token_file(Path(token_file)) if token_file else None
+        return cls(tls or bool(tls_ca or tls_cert), tls_ca, tls_cert, tls_key, token)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def channel(self, address: str, *, aio: bool = False, options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS):
+        """A channel to ``address`` with these credentials (grpc.aio's with ``aio``)."""
+        module = grpc.aio if aio else grpc
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return module.insecure_channel(address, options=list(options))
+        from edgecnn.serve.tls import client_credentials
+
+        credentials = client_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+        return module.secure_channel(address, credentials, options=list(options))
+
+
+PLAINTEXT = ChannelSecurity()
 
 
 @dataclass(frozen=True)
@@ -43,27 +86,32 @@ class InferResult:
 
 
 class InferenceClient:
-    def __init__(self, address: str, *, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: str, *, timeout: float | None = 30.0, security: ChannelSecurity = PLAINTEXT) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = security.channel(address)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._metadata = security.metadata
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        call = getattr(self.stub, method)
+        return call(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
 
     def server_live(self) -> bool:
-        return self.stub.ServerLive(pb.ServerLiveRequest(), timeout=self.timeout).live
+        return self._call("ServerLive", pb.ServerLiveRequest()).live
 
     def server_ready(self) -> bool:
-        return self.stub.ServerReady(pb.ServerReadyRequest(), timeout=self.timeout).ready
+        return self._call("ServerReady", pb.ServerReadyRequest()).ready
 
     def model_ready(self, name: str = "", version: str = "") -> bool:
-        return self.stub.ModelReady(pb.ModelReadyRequest(name=name, version=version), timeout=self.timeout).ready
+        return self._call("ModelReady", pb.ModelReadyRequest(name=name, version=version)).ready
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
-        return self.stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=self.timeout)
+        return self._call("ServerMetadata", pb.ServerMetadataRequest())
 
     def model_metadata(self, name: str = "", version: str = "") -> pb.ModelMetadataResponse:
         """An empty name asks an edgecnn server for the only model it serves."""
-        return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version), timeout=self.timeout)
+        return self._call("ModelMetadata", pb.ModelMetadataRequest(name=name, version=version))
 
     def infer(
         self,
@@ -82,7 +130,7 @@ class InferenceClient:
         """
         build = images_request if isinstance(images, np.ndarray) else encoded_images_request
         request = build(model, images, version=version, top_k=top_k, outputs=outputs)
-        response = self.stub.ModelInfer(request, timeout=timeout if timeout is not None else self.timeout)
+        response = self._call("ModelInfer", request, timeout)
         arrays = response_arrays(response)
         classified = arrays.pop(PROBABILITIES) if top_k is not None else None
         return InferResult(

@@ -55,10 +55,13 @@ def encode_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def decode_bytes(raw: bytes) -> list[bytes]:
+def decode_bytes(raw: bytes, max_items: int | None = None) -> list[bytes]:
+    """The elements of a raw BYTES tensor; more than ``max_items`` is an error found before reading on."""
     items = []
     offset = 0
     while offset < len(raw):
+        if max_items is not None and len(items) == max_items:
+            raise ValueError(f"holds more than the {max_items} elements its shape declares")
         if offset + 4 > len(raw):
             raise ValueError(f"BYTES tensor ends inside a length prefix at byte {offset}")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -178,10 +181,11 @@ def response_parameters(response: pb.ModelInferResponse) -> dict[str, int | str 
 # --- requests (server side) --------------------------------------------------------------------
 
 
-def request_images(request: pb.ModelInferRequest, meta: ModelMetadata) -> np.ndarray | list[bytes]:
+def request_images(request: pb.ModelInferRequest, meta: ModelMetadata, max_images: int) -> np.ndarray | list[bytes]:
     """The request's images: a uint8 NHWC view of its bytes, or encoded images (BYTES) to decode.
 
-    Raises InvalidInput saying what the model expects.
+    Raises InvalidInput saying what the model expects. Shapes and counts are checked against the
+    bytes and against ``max_images`` before anything is copied or parsed element by element.
     """
     if len(request.inputs) != 1 or request.inputs[0].name != meta.input_name:
         got = ", ".join(repr(t.name) for t in request.inputs) or "none"
@@ -193,9 +197,9 @@ def request_images(request: pb.ModelInferRequest, meta: ModelMetadata) -> np.nda
             raise InvalidInput(f"1 input but {len(request.raw_input_contents)} raw_input_contents")
         raw = request.raw_input_contents[0]
     if tensor.datatype == "UINT8":
-        return _pixels(tensor, raw, meta)
+        return _pixels(tensor, raw, meta, max_images)
     if tensor.datatype == "BYTES":
-        return _encoded(tensor, raw)
+        return _encoded(tensor, raw, max_images)
     raise InvalidInput(f"input {tensor.name!r} has datatype {tensor.datatype or '(empty)'}; expected {_expected(meta)}")
 
 
@@ -206,10 +210,19 @@ def _expected(meta: ModelMetadata) -> str:
     )
 
 
-def _pixels(tensor, raw: bytes | None, meta: ModelMetadata) -> np.ndarray:
+def _check_image_count(tensor, count: int, max_images: int) -> None:
+    if count > max_images:
+        raise InvalidInput(
+            f"input {tensor.name!r} carries {count} images; the limit is {max_images} per request "
+            f"(--max-request-images): split it into several requests"
+        )
+
+
+def _pixels(tensor, raw: bytes | None, meta: ModelMetadata, max_images: int) -> np.ndarray:
     shape = tuple(tensor.shape)
     if len(shape) != 4 or shape[1:] != (meta.height, meta.width, meta.channels) or shape[0] < 1:
         raise InvalidInput(f"input {tensor.name!r} has shape {list(shape)}; expected {_expected(meta)}")
+    _check_image_count(tensor, shape[0], max_images)
     count = math.prod(shape)
     if raw is not None:
         if len(raw) != count:
@@ -217,27 +230,33 @@ def _pixels(tensor, raw: bytes | None, meta: ModelMetadata) -> np.ndarray:
                 f"input {tensor.name!r} of shape {list(shape)} needs {count} bytes of UINT8 data, got {len(raw)}"
             )
         return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
-    values = np.array(tensor.contents.uint_contents, dtype=np.uint32)
-    if values.size != count:
+    if len(tensor.contents.uint_contents) != count:  # before converting: counting is free
         raise InvalidInput(
             f"input {tensor.name!r} of shape {list(shape)} needs {count} values (raw_input_contents or "
-            f"contents.uint_contents), got {values.size}"
+            f"contents.uint_contents), got {len(tensor.contents.uint_contents)}"
         )
+    values = np.array(tensor.contents.uint_contents, dtype=np.uint32)
     if values.max() > 255:
         raise InvalidInput(f"input {tensor.name!r} is UINT8 but holds {values.max()}")
     return values.astype(np.uint8).reshape(shape)
 
 
-def _encoded(tensor, raw: bytes | None) -> list[bytes]:
+def _encoded(tensor, raw: bytes | None, max_images: int) -> list[bytes]:
     shape = tuple(tensor.shape)
     if len(shape) not in (1, 2) or shape[0] < 1 or shape[1:] not in ((), (1,)):
         raise InvalidInput(f"BYTES input {tensor.name!r} has shape {list(shape)}; expected [n] or [n, 1] encoded images")
-    try:
-        items = decode_bytes(raw) if raw is not None else list(tensor.contents.bytes_contents)
-    except ValueError as exc:
-        raise InvalidInput(f"BYTES input {tensor.name!r} is malformed: {exc}") from exc
-    if len(items) != shape[0]:
-        raise InvalidInput(f"BYTES input {tensor.name!r} of shape {list(shape)} holds {len(items)} elements")
+    _check_image_count(tensor, shape[0], max_images)
+    if raw is None:  # typed contents: count them before copying them
+        count = len(tensor.contents.bytes_contents)
+        items = list(tensor.contents.bytes_contents) if count == shape[0] else []
+    else:
+        try:
+            items = decode_bytes(raw, max_items=shape[0])
+        except ValueError as exc:
+            raise InvalidInput(f"BYTES input {tensor.name!r} is malformed: {exc}") from exc
+        count = len(items)
+    if count != shape[0]:
+        raise InvalidInput(f"BYTES input {tensor.name!r} of shape {list(shape)} holds {count} elements")
     return items
 
 

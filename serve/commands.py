@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -35,6 +35,30 @@ def serve(
     gil_switch_interval_us: Annotated[int, _option("gil_switch_interval_us")] = S.gil_switch_interval_us,
     decode_threads: Annotated[int, _option("decode_threads")] = S.decode_threads,
     max_message_bytes: Annotated[int, _option("max_message_bytes")] = S.max_message_bytes,
+    max_request_images: Annotated[int, _option("max_request_images")] = S.max_request_images,
+    max_image_pixels: Annotated[int, _option("max_image_pixels")] = S.max_image_pixels,
+    max_queue_images: Annotated[int, _option("max_queue_images")] = S.max_queue_images,
+    max_decode_backlog: Annotated[int, _option("max_decode_backlog")] = S.max_decode_backlog,
+    max_concurrent_rpcs: Annotated[int, _option("max_concurrent_rpcs")] = S.max_concurrent_rpcs,
+    max_concurrent_streams: Annotated[int, _option("max_concurrent_streams")] = S.max_concurrent_streams,
+    max_metadata_bytes: Annotated[int, _option("max_metadata_bytes")] = S.max_metadata_bytes,
+    max_connection_age_s: Annotated[float, _option("max_connection_age_s")] = S.max_connection_age_s,
+    max_connection_age_grace_s: Annotated[float, _option("max_connection_age_grace_s")] = S.max_connection_age_grace_s,
+    keepalive_time_s: Annotated[float, _option("keepalive_time_s")] = S.keepalive_time_s,
+    keepalive_timeout_s: Annotated[float, _option("keepalive_timeout_s")] = S.keepalive_timeout_s,
+    keepalive_permit_without_calls: Annotated[bool, _option("keepalive_permit_without_calls")] = (
+        S.keepalive_permit_without_calls
+    ),
+    min_ping_interval_s: Annotated[float, _option("min_ping_interval_s")] = S.min_ping_interval_s,
+    max_ping_strikes: Annotated[int, _option("max_ping_strikes")] = S.max_ping_strikes,
+    tls_cert: Annotated[Optional[Path], _option("tls_cert", show_default=False)] = S.tls_cert,
+    tls_key: Annotated[Optional[Path], _option("tls_key", show_default=False)] = S.tls_key,
+    tls_client_ca: Annotated[Optional[Path], _option("tls_client_ca", show_default=False)] = S.tls_client_ca,
+    auth_token_file: Annotated[Optional[Path], _option("auth_token_file", show_default=False)] = S.auth_token_file,
+    auth_health: Annotated[bool, _option("auth_health")] = S.auth_health,
+    reflection: Annotated[Optional[bool], _option("reflection", show_default=False)] = S.reflection,
+    metrics_host: Annotated[str, _option("metrics_host")] = S.metrics_host,
+    drain_delay_s: Annotated[float, _option("drain_delay_s")] = S.drain_delay_s,
     grace: Annotated[float, _option("grace")] = S.grace,
     log_level: Annotated[str, _option("log_level")] = S.log_level,
 ) -> None:

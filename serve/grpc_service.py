@@ -10,15 +10,17 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve import codec
 from edgecnn.serve.batcher import Batcher, BatchResult
-from edgecnn.serve.errors import InvalidInput, ModelNotFound, ServeError
-from edgecnn.serve.images import ImageDecodeError, decode_images
+from edgecnn.serve.errors import InvalidInput, ModelNotFound, QueueFull, ServeError
+from edgecnn.serve.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_images
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import Model
 from edgecnn.serve.repository import Repository
@@ -38,13 +40,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         metrics: Metrics,
         decode_executor: Executor,
         version: str,
+        limits: Limits | None = None,
     ) -> None:
         self._repository = repository
         self._batchers = batchers
         self._metrics = metrics
         self._decode_executor = decode_executor
         self._version = version
+        self._limits = limits or Limits()
+        self._decode_backlog = 0  # encoded images handed to the decode threads and not yet decoded
         self.ready = False  # true between start-up and the first shutdown signal
+        self.drain = Drain()
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -81,6 +87,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request, context):
+        if self.drain.refusing:
+            await self.drain.refuse(context)
+        self.drain.enter()
+        try:
+            return await self._model_infer(request, context)
+        finally:
+            self.drain.leave()
+
+    async def _model_infer(self, request, context):
         started = time.perf_counter()
         try:
             model = self._repository.get(request.model_name, request.model_version)
@@ -110,18 +125,89 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, model: Model, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         meta = model.metadata
-        images = codec.request_images(request, meta)
+        images = codec.request_images(request, meta, self._limits.max_request_images)
         outputs = codec.requested_outputs(request, meta)
-        loop = asyncio.get_running_loop()
         if isinstance(images, list):  # encoded images: decode off the event loop
-            try:
-                images = await loop.run_in_executor(self._decode_executor, decode_images, images, *model.image_shape)
-            except ImageDecodeError as exc:
-                raise InvalidInput(f"input {meta.input_name!r}: {exc}") from exc
+            images = await self._decode(images, model)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self._batchers[model.name, model.version].infer(images, deadline)
         return _response(request, model, outputs, result)
+
+    async def _decode(self, encoded: list[bytes], model: Model) -> np.ndarray:
+        """Decode on the decode threads; their backlog is bounded, so queued bytes cannot pile up."""
+        limit = self._limits.max_decode_backlog
+        if self._decode_backlog and self._decode_backlog + len(encoded) > limit:
+            raise QueueFull(
+                f"{self._decode_backlog} encoded images are waiting to be decoded; {len(encoded)} more would pass "
+                f"--max-decode-backlog {limit}; retry later"
+            )
+        self._decode_backlog += len(encoded)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._decode_executor, decode_images, encoded, *model.image_shape, self._limits.max_image_pixels
+            )
+        except ImageDecodeError as exc:
+            raise InvalidInput(f"input {model.metadata.input_name!r}: {exc}") from exc
+        finally:
+            self._decode_backlog -= len(encoded)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (the ServeSettings of the same names, resolved)."""
+
+    max_request_images: int = 64
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_backlog: int = 256
+
+
+class Drain:
+    """ModelInfer calls in flight, and the refusal of new ones once a drain has begun.
+
+    grpc.aio's ``Server.stop`` cancels calls its transport has received but no handler has picked up
+    (grpc/grpc#41785): clients see CANCELLED, which nothing retries. So a drain refuses new calls
+    itself, waits for the admitted ones, and only then stops gRPC. Refused calls are held until
+    gRPC's shutdown has begun (its GOAWAY tells clients to stop sending here) and then answered
+    UNAVAILABLE, which clients retry elsewhere; closed-loop callers held this way send nothing new
+    in between, so no call is left in the transport when stop() runs. Event-loop only.
+    """
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.in_flight = 0
+        self.last_arrival = 0.0  # time.monotonic() of the latest ModelInfer, admitted or refused
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        self.last_arrival = time.monotonic()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def refuse(self, context) -> None:
+        self.last_arrival = time.monotonic()
+        await self._stopping.wait()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
+
+    async def wait_idle(self, quiet_s: float = 0.02) -> None:
+        """Until no admitted call is in flight and no new call has come for ``quiet_s``."""
+        while True:
+            await self._idle.wait()
+            quiet_for = time.monotonic() - self.last_arrival
+            if quiet_for >= quiet_s and not self.in_flight:
+                return
+            await asyncio.sleep(max(quiet_s - quiet_for, 0.001))
+
+    def release_refused(self) -> None:
+        """gRPC's shutdown has begun: answer the held calls (UNAVAILABLE)."""
+        self._stopping.set()
 
 
 def _response(

@@ -79,15 +79,19 @@ class Metrics:
         counter.inc()
 
 
-def serve_metrics(port: int, host: str, registry: CollectorRegistry | None = None):
+def serve_metrics(port: int, host: str, registry: CollectorRegistry | None = None, tls: dict | None = None):
     """Start the /metrics HTTP endpoint on a daemon thread; returns (http server, bound port).
 
     Without a registry it serves the sum over the worker processes of a ``--workers`` group.
+    ``tls``: prometheus_client's certfile/keyfile/client_cafile (HTTPS; a client CA requires client certificates).
     """
     if registry is None:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=os.environ[MULTIPROC_ENV])
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    tls = dict(tls or {})
+    if tls.get("client_cafile"):
+        tls["client_auth_required"] = True
+    server, _thread = start_http_server(port, addr=host, registry=registry, **tls)
     return server, server.server_port

@@ -1,13 +1,15 @@
 """Build, start and stop the server: OIP + health + reflection on grpc.aio, metrics, signals, workers.
 
-    run(settings)             `edgecnn serve`: blocks until SIGTERM/SIGINT, drains, returns 0
+    run(settings)             `edgecnn serve`: blocks until SIGTERM/SIGINT, drains, returns 0 (SIGHUP: new TLS files)
     start_server(settings)    a server on a background thread (tests, demos): .port, .stop()
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -16,9 +18,11 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from importlib import metadata as importlib_metadata
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -26,12 +30,13 @@ from grpc_reflection.v1alpha import reflection
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.batcher import Batcher, RunSlots
-from edgecnn.serve import grpc_service, health
-from edgecnn.serve.grpc_service import InferenceService
+from edgecnn.serve import auth, grpc_service, health
+from edgecnn.serve.grpc_service import InferenceService, Limits
 from edgecnn.serve.logs import configure_logging
 from edgecnn.serve.metrics import MULTIPROC_ENV, Metrics, serve_metrics
 from edgecnn.serve.repository import Repository
 from edgecnn.serve.settings import ServeSettings
+from edgecnn.serve.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +58,16 @@ class InferenceServer:
         self.settings = settings
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.tls: ServerTls | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http = None
 
     async def start(self) -> None:
         """Load, warm up and listen; on failure (a port in use, say) nothing is left running."""
         s = self.settings
+        # Files a user names are checked before the slow part (loading models), each in one sentence.
+        self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls else None
+        self._auth = auth.interceptor_for(s)
         self.repository = Repository.load(s)
         self.metrics = Metrics()
         # At most --instances runs at a time per process, whichever models they are for: each run
@@ -69,42 +80,78 @@ class InferenceServer:
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_us=s.max_queue_delay_us,
                 max_queue_size=s.max_queue_size,
+                max_queue_images=s.max_queue_images_resolved,
                 instances=s.instances_resolved,
                 run_slots=run_slots,
                 metrics=self.metrics.for_model(m.name, m.version),
             )
             for m in self.repository
         }
-        self.service = InferenceService(self.repository, self.batchers, self.metrics, self._decode, _package_version())
+        limits = Limits(s.max_request_images_resolved, s.max_image_pixels, s.max_decode_backlog_resolved)
+        self.service = InferenceService(
+            self.repository, self.batchers, self.metrics, self._decode, _package_version(), limits
+        )
         try:
             await self._listen()
         except BaseException:
-            await self._stop_workers()
+            await self._close()
             raise
         for model in self.repository:  # after every model is loaded and timed, so they do not overlap
             model.open_instance_sessions_in_background(s)
 
+    def max_receive_bytes(self) -> int:
+        """--max-message-bytes, or what the largest allowed request needs: every image of the largest
+        model at the image limit, raw (at least gRPC's usual 4 MiB, room for encoded photos)."""
+        if self.settings.max_message_bytes:
+            return self.settings.max_message_bytes
+        largest = max(math.prod(m.image_shape) for m in self.repository)
+        return max(DERIVED_RECEIVE_FLOOR, largest * self.settings.max_request_images_resolved + MESSAGE_OVERHEAD)
+
     async def _listen(self) -> None:
         s = self.settings
         self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-                # Several --workers processes bind the same port; a lone server must fail if it is taken.
-                ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-            ]
+            interceptors=[self._auth] if self._auth else None,
+            options=grpc_options(s, self.max_receive_bytes()),
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         grpc_service.add_to_server(self.service, self._grpc)
         self._health = health.HealthServicer()
         health.add_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection([INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{s.host}:{s.port}")
+        if s.reflection_resolved:
+            reflection.enable_server_reflection([INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], self._grpc)
+        if s.metrics:  # first: gRPC cannot unbind a port it never served on
+            try:
+                self._metrics_http, self.metrics_port = serve_metrics(
+                    s.metrics_port, s.metrics_host_resolved, self.metrics.registry, tls=metrics_tls(s)
+                )
+            except OSError as exc:
+                raise OSError(
+                    f"cannot serve metrics on {s.metrics_host_resolved}:{s.metrics_port}: {exc.strerror or exc} "
+                    "(choose another --metrics-port, or --no-metrics)"
+                ) from None
+        address = f"{s.host}:{s.port}"
+        try:
+            if self.tls:
+                self.port = self._grpc.add_secure_port(address, self.tls.credentials())
+            else:
+                self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError:  # grpc says only "Failed to bind ... set GRPC_VERBOSITY=debug"
+            raise OSError(
+                f"cannot listen on {address}: the port is in use or the address is not this machine's "
+                "(choose another --port or --host)"
+            ) from None
         await self._grpc.start()
         await self._health.set_all(["", INFERENCE_SERVICE], health.SERVING)
         self.service.ready = True
-        self._metrics_http = None
-        if s.metrics:
-            self._metrics_http, self.metrics_port = serve_metrics(s.metrics_port, s.host, self.metrics.registry)
+        self._log_serving()
+
+    def _log_serving(self) -> None:
+        s = self.settings
+        security = {
+            "tls": self.tls.describe() if self.tls else "off",
+            "auth": "bearer tokens" if self._auth else "off",
+            "reflection": s.reflection_resolved,
+        }
         log.info(
             "serving",
             extra={
@@ -117,77 +164,166 @@ class InferenceServer:
                 "instances": s.instances_resolved,
                 "intra_op_threads": s.intra_op_threads_resolved,
                 "workers": s.workers,
+                "max_request_images": s.max_request_images_resolved,
+                "max_receive_bytes": self.max_receive_bytes(),
+                **security,
             },
         )
+        if not is_loopback(s.host) and not self.tls and not self._auth:
+            log.warning(
+                "serving a non-loopback address with neither TLS nor tokens: anyone who reaches it can use it "
+                "(--tls-cert/--tls-key, --auth-token-file, or --host 127.0.0.1)",
+                extra={"address": f"{s.host}:{self.port}"},
+            )
 
-    async def stop(self, grace: float | None) -> None:
-        """Health NOT_SERVING, refuse new RPCs, give in-flight ones ``grace`` seconds, then close."""
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the certificate files; new connections get them, open ones stay."""
+        if self.tls is not None:
+            self.tls.reload()
+
+    async def stop(self, grace: float | None, drain_delay: float = 0.0) -> None:
+        """Drain: health NOT_SERVING at once; keep serving ``drain_delay`` seconds (endpoints update); then
+        refuse new calls, answer every admitted one (within ``grace``), and only then stop gRPC."""
         self.service.ready = False
         await self._health.enter_graceful_shutdown()
-        await self._grpc.stop(grace)
-        await self._stop_workers()
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
+        drain = self.service.drain
+        drain.refusing = True
+        if grace is None or grace > 0:
+            try:
+                await asyncio.wait_for(drain.wait_idle(), timeout=grace)
+            except asyncio.TimeoutError:
+                pass
+        if drain.in_flight:
+            log.warning("grace ran out with requests in flight", extra={"in_flight": drain.in_flight})
+        stopped = asyncio.ensure_future(self._grpc.stop(0 if grace is None else grace))
+        await asyncio.sleep(0)  # stop() has sent GOAWAY: answer the held calls now
+        drain.release_refused()
+        await stopped
+        self._grpc = None
+        await self._close()
+
+    async def _close(self) -> None:
+        """gRPC (when start-up failed half-way), the batchers' compute threads (answering what is still
+        queued), the decode threads, metrics."""
+        if self._grpc is not None:
+            await self._grpc.stop(0)  # also releases a port bound by a server that never started
+            self._grpc = None
+        for batcher in getattr(self, "batchers", {}).values():
+            await batcher.stop()
+        if hasattr(self, "_decode"):
+            self._decode.shutdown(wait=False, cancel_futures=True)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+            self._metrics_http = None
 
-    async def _stop_workers(self) -> None:
-        """The batchers' compute threads (answering what is still queued) and the decode threads."""
-        for batcher in self.batchers.values():
-            await batcher.stop()
-        self._decode.shutdown(wait=False, cancel_futures=True)
+
+# Room in a request message for everything but its pixels (names, shapes, parameters).
+MESSAGE_OVERHEAD = 64 * 1024
+DERIVED_RECEIVE_FLOOR = 4 * 1024 * 1024
+# Responses are the server's own (logits, top-k strings): bounded by what it computes, not by clients.
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
+
+def grpc_options(s: ServeSettings, max_receive_bytes: int) -> list[tuple[str, int]]:
+    """gRPC core's limits and connection policy (keepalive enforcement and connection age as Triton's flags)."""
+    options = [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.max_metadata_size", s.max_metadata_bytes),
+        ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", int(s.keepalive_permit_without_calls)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", s.max_ping_strikes),
+        # Several --workers processes bind the same port; a lone server must fail if it is taken.
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+    ]
+    if s.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def metrics_tls(s: ServeSettings) -> dict[str, str] | None:
+    """The metrics endpoint takes the gRPC port's TLS files (HTTPS; mutual TLS with --tls-client-ca)."""
+    if not s.tls:
+        return None
+    return {"certfile": str(s.tls_cert), "keyfile": str(s.tls_key),
+            **({"client_cafile": str(s.tls_client_ca)} if s.tls_client_ca else {})}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # --- `edgecnn serve` ---------------------------------------------------------------------------
 
 
 def run(settings: ServeSettings) -> int:
-    """Serve until SIGTERM/SIGINT, then drain within ``settings.grace``; the process exit code."""
+    """Serve until SIGTERM/SIGINT, then drain; the process exit code."""
     configure_logging(settings.log_level)
     if settings.workers > 1:
         return _run_workers(settings)
     return asyncio.run(_serve_until_signal(settings))
 
 
-async def _serve_until_signal(settings: ServeSettings) -> int:
+async def _serve_until_signal(settings: ServeSettings, started: Callable[[], None] | None = None) -> int:
     sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)  # process-wide: only where we own the process
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = InferenceServer(settings)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)  # before loading: a SIGHUP must never kill us
     await server.start()
+    if started is not None:
+        started()
     await stop.wait()
-    log.info("draining", extra={"grace_s": settings.grace})
-    await server.stop(settings.grace)
+    log.info("draining", extra={"drain_delay_s": settings.drain_delay_s, "grace_s": settings.grace})
+    await server.stop(settings.grace, settings.drain_delay_s)
     log.info("stopped")
     return 0
 
 
-def _worker_main(settings: ServeSettings) -> None:
+def _worker_main(settings: ServeSettings, ready: multiprocessing.connection.Connection) -> None:
     configure_logging(settings.log_level)
-    raise SystemExit(asyncio.run(_serve_until_signal(settings)))
+    try:
+        code = asyncio.run(_serve_until_signal(settings, started=lambda: ready.send("ready")))
+    except Exception as exc:  # noqa: BLE001 - the parent reports it and stops the others
+        ready.send(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    raise SystemExit(code)
+
+
+# How long the --workers parent waits for a worker to load its models and listen.
+WORKER_START_TIMEOUT_S = 300.0
 
 
 def _run_workers(settings: ServeSettings) -> int:
-    """``workers`` processes share the port (SO_REUSEPORT); this one forwards signals and serves their metrics."""
+    """``workers`` processes share the port (SO_REUSEPORT); this one forwards signals and serves their metrics.
+
+    The parent never waits forever: each worker says when it listens (or why it failed) within
+    WORKER_START_TIMEOUT_S; one that fails stops the group; a drain that outlasts its delay and grace
+    by 10 s ends in SIGKILL.
+    """
     from prometheus_client import multiprocess
 
     metrics_dir = tempfile.mkdtemp(prefix="edgecnn-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # spawned workers record their metrics there
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked grpc or onnxruntime state
-
-    workers = [
-        spawn.Process(target=_worker_main, args=(replace(settings, metrics=False),), name=f"edgecnn-worker-{i}")
-        for i in range(settings.workers)
-    ]
-    for worker in workers:
-        worker.start()
-    metrics_http = None
-    if settings.metrics:
-        metrics_http, port = serve_metrics(settings.metrics_port, settings.host)
-        log.info("serving metrics of all workers", extra={"metrics_port": port})
-
     stopping = False
+    workers: list = []
 
     def stop_workers(signum=None, frame=None) -> None:
         nonlocal stopping
@@ -198,10 +334,44 @@ def _run_workers(settings: ServeSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
+    signal.signal(signal.SIGHUP, lambda *_: [os.kill(w.pid, signal.SIGHUP) for w in workers if w.is_alive()])
+    pipes = []
+    for i in range(settings.workers):
+        receive, send = spawn.Pipe(duplex=False)
+        worker = spawn.Process(target=_worker_main, args=(replace(settings, metrics=False), send),
+                               name=f"edgecnn-worker-{i}")
+        worker.start()
+        send.close()
+        workers.append(worker)
+        pipes.append(receive)
+    metrics_http = None
     exit_code = 0
+    failure = _wait_for_workers(workers, pipes, WORKER_START_TIMEOUT_S)
+    if failure:
+        log.error("a worker failed to start; stopping the others", extra={"error": failure})
+        stop_workers()
+        exit_code = 1
+    elif settings.metrics and not stopping:
+        try:
+            metrics_http, port = serve_metrics(settings.metrics_port, settings.metrics_host_resolved,
+                                               tls=metrics_tls(settings))
+            log.info("serving metrics of all workers", extra={"metrics_port": port})
+        except OSError as exc:
+            log.error("cannot serve metrics; stopping the workers",
+                      extra={"error": f"{settings.metrics_host_resolved}:{settings.metrics_port}: {exc}"})
+            stop_workers()
+            exit_code = 1
     running = list(workers)
+    kill_at = None
     while running:
-        ended = multiprocessing.connection.wait([w.sentinel for w in running])
+        if stopping and kill_at is None:
+            kill_at = time.monotonic() + settings.drain_delay_s + settings.grace + 10
+        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+        ended = multiprocessing.connection.wait([w.sentinel for w in running], timeout=timeout if timeout else 1.0)
+        if kill_at is not None and time.monotonic() >= kill_at:
+            for worker in running:
+                log.error("worker did not stop in time; killing it", extra={"worker_pid": worker.pid})
+                worker.kill()
         for worker in [w for w in running if w.sentinel in ended]:
             worker.join()
             running.remove(worker)
@@ -216,6 +386,26 @@ def _run_workers(settings: ServeSettings) -> int:
         metrics_http.shutdown()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return exit_code
+
+
+def _wait_for_workers(workers, pipes, timeout_s: float) -> str | None:
+    """None once every worker listens; else why one did not (its error, its exit, or the time-out)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(zip(pipes, workers))
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"{len(waiting)} worker(s) not listening after {timeout_s:.0f} s"
+        for pipe in multiprocessing.connection.wait(list(waiting), timeout=left):
+            worker = waiting.pop(pipe)
+            try:
+                message = pipe.recv()
+            except EOFError:
+                worker.join(1)
+                return f"worker {worker.pid} exited (code {worker.exitcode}) before listening"
+            if message != "ready":
+                return f"worker {worker.pid}: {message}"
+    return None
 
 
 # --- a server on a background thread -----------------------------------------------------------
@@ -247,11 +437,11 @@ class ServerThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         if self._loop.is_closed():
             return
         try:
-            self._call(self.server.stop(grace))
+            self._call(self.server.stop(grace, drain_delay))
         finally:
             self._close_loop()
 

@@ -6,6 +6,7 @@ changed here changes the command, the docs (`--help`) and `start_server` alike.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,19 +59,88 @@ class ServeSettings:
         "thread for up to 5 ms; shorter hands batches back sooner.",
     )
     decode_threads: int = _flag(0, "Threads decoding PNG/JPEG inputs (0: usable cores).")
-    max_message_bytes: int = _flag(64 * 1024 * 1024, "Largest request or response message; larger gets RESOURCE_EXHAUSTED.")
-    grace: float = _flag(10.0, "Seconds in-flight requests get to finish after SIGTERM/SIGINT.")
+    max_message_bytes: int = _flag(
+        0,
+        "Largest request message; larger gets RESOURCE_EXHAUSTED before it is parsed. 0: derived from the models "
+        "served (--max-request-images x the largest image's bytes, at least 4 MiB for encoded images).",
+    )
+    max_request_images: int = _flag(
+        0, "Most images one ModelInfer may carry; more gets INVALID_ARGUMENT before any decode. 0: --max-batch-size."
+    )
+    max_image_pixels: int = _flag(
+        16_000_000,
+        "Most pixels (width x height) of one encoded PNG/JPEG, read from its header before decoding.",
+    )
+    max_queue_images: int = _flag(
+        0, "Images waiting per model before new requests get RESOURCE_EXHAUSTED. 0: 8 x --max-batch-size."
+    )
+    max_decode_backlog: int = _flag(
+        0, "Encoded images waiting for the decode threads before new ones get RESOURCE_EXHAUSTED. 0: 4 x --max-request-images."
+    )
+    max_concurrent_rpcs: int = _flag(
+        4096, "RPCs handled at once by a server process; more get RESOURCE_EXHAUSTED from gRPC."
+    )
+    max_concurrent_streams: int = _flag(256, "Concurrent RPCs one client connection may open (HTTP/2 streams).")
+    max_metadata_bytes: int = _flag(16 * 1024, "Largest request metadata (headers) gRPC accepts.")
+    max_connection_age_s: float = _flag(
+        0.0,
+        "Close each client connection (GOAWAY) after this many seconds so clients re-resolve and spread over "
+        "replicas behind an L4 balancer; in-flight calls finish within --max-connection-age-grace-s. 0: never.",
+    )
+    max_connection_age_grace_s: float = _flag(30.0, "Time calls on an aged-out connection get to finish.")
+    keepalive_time_s: float = _flag(
+        7200.0, "Seconds between the server's keepalive pings on an idle connection (Triton's default: 2 h)."
+    )
+    keepalive_timeout_s: float = _flag(20.0, "Seconds a keepalive ping waits for its ack before the connection closes.")
+    keepalive_permit_without_calls: bool = _flag(
+        False, "Accept client keepalive pings on connections with no call in flight."
+    )
+    min_ping_interval_s: float = _flag(
+        300.0,
+        "Shortest interval between client pings the server tolerates without calls in flight (gRPC's "
+        "http2.min_ping_interval_without_data); faster pings are strikes.",
+    )
+    max_ping_strikes: int = _flag(2, "Pings too soon before the server answers GOAWAY and closes (0: unlimited).")
+    tls_cert: Path | None = _flag(None, "Server certificate chain (PEM): serve TLS only. Re-read on SIGHUP.")
+    tls_key: Path | None = _flag(None, "Private key (PEM) of --tls-cert. Re-read on SIGHUP.")
+    tls_client_ca: Path | None = _flag(
+        None, "CA bundle (PEM) for mutual TLS: every client must present a certificate it signed. Re-read on SIGHUP."
+    )
+    auth_token_file: Path | None = _flag(
+        None,
+        "Bearer tokens, one per line, each optionally followed by its scopes (TOKEN inference,metadata,admin); "
+        "no scopes: all. Clients send 'authorization: Bearer TOKEN'. Every RPC is denied without one, except health.",
+    )
+    auth_health: bool = _flag(False, "Require a token for health too (grpc.health.v1, ServerLive, ServerReady).")
+    reflection: bool | None = _flag(None, "gRPC server reflection. Default: on, off when TLS or tokens are on.")
+    metrics_host: str = _flag("", "Interface for the metrics endpoint (default: --host). 127.0.0.1 keeps it private.")
+    drain_delay_s: float = _flag(
+        1.0,
+        "After SIGTERM/SIGINT: health NOT_SERVING at once, but keep serving this long (load balancers and "
+        "Kubernetes endpoints catch up), then refuse new RPCs with UNAVAILABLE and finish in-flight ones.",
+    )
+    grace: float = _flag(10.0, "Seconds in-flight requests get to finish once new ones are refused after SIGTERM/SIGINT.")
     log_level: str = _flag("info", "debug, info, warning or error (logs are JSON lines on stderr).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))  # frozen; accept a str path too
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
-        for name in ("max_batch_size", "max_queue_size", "workers", "inter_op_threads", "gil_switch_interval_us"):
+        for name in ("max_batch_size", "max_queue_size", "workers", "inter_op_threads", "gil_switch_interval_us",
+                     "max_image_pixels", "max_concurrent_rpcs", "max_concurrent_streams", "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_queue_delay_us", "instances", "intra_op_threads", "single_thread_below", "decode_threads", "port",
-                     "metrics_port"):
+                     "metrics_port", "max_message_bytes", "max_request_images", "max_queue_images",
+                     "max_decode_backlog", "max_connection_age_s", "max_connection_age_grace_s", "keepalive_time_s",
+                     "keepalive_timeout_s", "min_ping_interval_s", "max_ping_strikes", "drain_delay_s", "grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.workers > 1 and self.port == 0:
@@ -97,13 +167,60 @@ class ServeSettings:
     def decode_threads_resolved(self) -> int:
         return self.decode_threads or usable_cores()
 
+    @property
+    def max_request_images_resolved(self) -> int:
+        return self.max_request_images or self.max_batch_size
+
+    @property
+    def max_queue_images_resolved(self) -> int:
+        return self.max_queue_images or 8 * self.max_batch_size
+
+    @property
+    def max_decode_backlog_resolved(self) -> int:
+        return self.max_decode_backlog or 4 * self.max_request_images_resolved
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def reflection_resolved(self) -> bool:
+        if self.reflection is not None:
+            return self.reflection
+        return not (self.tls or self.auth_token_file is not None)
+
+    @property
+    def metrics_host_resolved(self) -> str:
+        return self.metrics_host or self.host
+
 
 def usable_cores() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    """Cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup CPU quota
+    (a container limited to 2 CPUs on a 64-core host gets 2, not 64)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup quota allows (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``); None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "200000 100000"
+    except (OSError, ValueError):
+        try:  # v1
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except ValueError:
+        return None
 
 
 def help_of(name: str) -> str:

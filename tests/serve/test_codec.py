@@ -47,7 +47,7 @@ def test_images_request_carries_raw_uint8_and_classification():
     assert request.raw_input_contents[0] == images.tobytes()
     assert request.outputs[0].name == "probabilities"
     assert request.outputs[0].parameters["classification"].int64_param == 2
-    np.testing.assert_array_equal(codec.request_images(request, META), images)
+    np.testing.assert_array_equal(codec.request_images(request, META, max_images=64), images)
 
 
 def test_single_hwc_image_becomes_a_batch_of_one():
@@ -63,14 +63,14 @@ def test_images_request_refuses_non_uint8():
 def test_encoded_images_request_is_a_bytes_input():
     request = codec.encoded_images_request("tiny", [b"png1", b"jpeg2"])
     assert (request.inputs[0].datatype, list(request.inputs[0].shape)) == ("BYTES", [2])
-    assert codec.request_images(request, META) == [b"png1", b"jpeg2"]
+    assert codec.request_images(request, META, max_images=64) == [b"png1", b"jpeg2"]
 
 
 def test_typed_contents_are_accepted():
     request = pb.ModelInferRequest(model_name="tiny")
     tensor = request.inputs.add(name="images", datatype="UINT8", shape=[1, 2, 3, 1])
     tensor.contents.uint_contents.extend(range(6))
-    np.testing.assert_array_equal(codec.request_images(request, META).ravel(), np.arange(6))
+    np.testing.assert_array_equal(codec.request_images(request, META, max_images=64).ravel(), np.arange(6))
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_invalid_inputs_say_what_was_expected(change, expected):
     request = codec.images_request("tiny", np.zeros((1, 2, 3, 1), np.uint8))
     change(request)
     with pytest.raises(InvalidInput, match=expected.replace("[", r"\[").replace("]", r"\]")):
-        codec.request_images(request, META)
+        codec.request_images(request, META, max_images=64)
 
 
 def test_requested_outputs_default_to_all_and_validate_names_and_classification():

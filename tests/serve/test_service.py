@@ -137,7 +137,7 @@ ERRORS = {
         lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.append(1), setattr(r.inputs[0], "datatype", "BYTES"),
                    r.raw_input_contents.__setitem__(0, codec.encode_bytes([b"not an image"]))),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "image 0: not an image format",
+        "image 0: not a PNG or JPEG image",
     ),
     "unknown output": (lambda r: r.outputs.add(name="features"), grpc.StatusCode.INVALID_ARGUMENT, "no output 'features'"),
     "too large": (
@@ -244,16 +244,23 @@ def test_metrics_endpoint(server, client):
         assert line in text, line
 
 
-def test_a_server_that_cannot_listen_leaves_no_compute_threads_behind(tiny_model):
+@pytest.mark.parametrize("taken", ["grpc", "metrics"])
+def test_a_server_that_cannot_listen_says_which_address_and_leaves_nothing_running(tiny_model, taken):
     import socket
     import threading
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        before = {t.name for t in threading.enumerate() if t.name.startswith("edgecnn-compute")}
-        with pytest.raises(RuntimeError):
-            start_server(settings_for(tiny_model, port=port, metrics=False))
-    left = {t.name for t in threading.enumerate() if t.name.startswith("edgecnn-compute")} - before
-    assert left == set()
+    with socket.socket() as other, socket.socket() as free:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        free.bind(("127.0.0.1", 0))
+        ports = {"grpc": free.getsockname()[1], "metrics": free.getsockname()[1]}
+        ports[taken] = other.getsockname()[1]
+        free.close()  # free again: the server may bind it
+        before = {t.name for t in threading.enumerate() if t.name.startswith(("edgecnn-compute", "decode"))}
+        with pytest.raises(OSError, match=f"127.0.0.1:{ports[taken]}"):
+            start_server(settings_for(tiny_model, port=ports["grpc"], metrics_port=ports["metrics"]))
+        left = {t.name for t in threading.enumerate() if t.name.startswith(("edgecnn-compute", "decode"))} - before
+        assert left == set()
+        if taken == "metrics":  # gRPC had its port: it must not be left listening
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", ports["grpc"])) != 0
