@@ -59,7 +59,8 @@ def run_bench(
                     name, label = _name_and_label(model, settings.model)
                     log = Path(settings.out) / f"server_{label}.log"
                     log.parent.mkdir(parents=True, exist_ok=True)
-                    with start_edgecnn_server(model, settings.server_args, log=log) as server:
+                    with start_edgecnn_server(model, settings.server_args, log=log,
+                                              security=settings.security()) as server:
                         flags = f" {settings.server_args}" if settings.server_args else ""
                         progress(f"started edgecnn serve {model}{flags} at {server.address} (log: {log})")
                         served.append(run_served(server.address, name, label, settings, loadgen,

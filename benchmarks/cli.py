@@ -56,6 +56,11 @@ def bench(
     distinct_requests: Annotated[int, _bench("distinct_requests")] = B.distinct_requests,
     timeout_s: Annotated[float, _bench("timeout_s", "--timeout")] = B.timeout_s,
     floors: Annotated[bool, _bench("floors")] = B.floors,
+    tls: Annotated[bool, _bench("tls")] = B.tls,
+    tls_ca: Annotated[str, _bench("tls_ca")] = B.tls_ca,
+    tls_cert: Annotated[str, _bench("tls_cert")] = B.tls_cert,
+    tls_key: Annotated[str, _bench("tls_key")] = B.tls_key,
+    token_file: Annotated[str, _bench("token_file")] = B.token_file,
     seed: Annotated[int, _bench("seed")] = B.seed,
     out: Annotated[str, _bench("out")] = B.out,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(

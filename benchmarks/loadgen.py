@@ -30,6 +30,7 @@ import numpy as np
 
 from edgecnn.benchmarks.device import busy_fraction, host_cpu_times
 from edgecnn.benchmarks.stats import LatencyStats, summarize
+from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
 
 CLIENT_SATURATION_CPU = 0.9
 OPEN_LOOP_LAG_P50_LIMIT_S = 0.001
@@ -62,6 +63,7 @@ class Job:
     duration_s: float = 3.0
     timeout_s: float = 10.0
     seed: int = 0
+    security: ChannelSecurity = PLAINTEXT  # TLS, mutual TLS, bearer token
 
 
 @dataclass
@@ -149,17 +151,19 @@ class LoadGenerator:
         self._processes.clear()
 
     def closed_loop(self, target: str, address: str, requests: list[bytes], batch_size: int, concurrency: int,
-                    *, warmup_s: float, duration_s: float, timeout_s: float = 10.0) -> LoadPoint:
+                    *, warmup_s: float, duration_s: float, timeout_s: float = 10.0,
+                    security: ChannelSecurity = PLAINTEXT) -> LoadPoint:
         shares = split_evenly(concurrency, self.processes)
         jobs = [Job(address, tuple(requests), concurrency=share, warmup_s=warmup_s, duration_s=duration_s,
-                    timeout_s=timeout_s) for share in shares]
+                    timeout_s=timeout_s, security=security) for share in shares]
         return self._run(target, "closed", jobs, batch_size, concurrency=concurrency, rate=None)
 
     def open_loop(self, target: str, address: str, requests: list[bytes], batch_size: int, rate: float,
-                  *, warmup_s: float, duration_s: float, timeout_s: float = 10.0, seed: int = 0) -> LoadPoint:
+                  *, warmup_s: float, duration_s: float, timeout_s: float = 10.0, seed: int = 0,
+                  security: ChannelSecurity = PLAINTEXT) -> LoadPoint:
         share = rate / self.processes
         jobs = [Job(address, tuple(requests), rate=share, warmup_s=warmup_s, duration_s=duration_s,
-                    timeout_s=timeout_s, seed=seed * 1000 + i) for i in range(self.processes)]
+                    timeout_s=timeout_s, seed=seed * 1000 + i, security=security) for i in range(self.processes)]
         return self._run(target, "open", jobs, batch_size, concurrency=None, rate=rate)
 
     def _run(self, target: str, mode: str, jobs: list[Job], batch_size: int, *,
@@ -229,27 +233,25 @@ def merge(target: str, mode: str, results: list[JobResult], batch_size: int, dur
 
 
 def _client_main(pipe: multiprocessing.connection.Connection) -> None:
-    import grpc
-
-    from edgecnn.serve.client import CHANNEL_OPTIONS
     from edgecnn.benchmarks.payload import MODEL_INFER
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # grpc.aio channels bind to the current loop when created
-    calls: dict[str, Any] = {}  # one channel per address, kept across jobs
+    calls: dict[tuple[str, ChannelSecurity], Any] = {}  # one channel per address (and credentials), kept across jobs
 
-    def call_for(address: str) -> Any:
-        if address not in calls:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            calls[address] = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: no serialisers
-        return calls[address]
+    def call_for(job: Job) -> Any:
+        key = (job.address, job.security)
+        if key not in calls:
+            channel = job.security.channel(job.address, aio=True)
+            calls[key] = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: no serialisers
+        return calls[key]
 
     while True:
         job = pipe.recv()
         if job is None:
             break
         try:
-            pipe.send(loop.run_until_complete(_run_job(call_for(job.address), job)))
+            pipe.send(loop.run_until_complete(_run_job(call_for(job), job)))
         except Exception as exc:  # reported to the parent, which raises it
             pipe.send(exc)
     loop.close()
@@ -258,7 +260,7 @@ def _client_main(pipe: multiprocessing.connection.Connection) -> None:
 class _Recorder:
     """Per-process results of one job: latencies of requests sent inside the window, errors, server times."""
 
-    def __init__(self, window_start: float, window_end: float) -> None:
+    def __init__(self, window_start: float, window_end: float, metadata: tuple = ()) -> None:
         import grpc
 
         from edgecnn.protos.grpc_predict_v2_pb2 import ModelInferResponse
@@ -267,6 +269,7 @@ class _Recorder:
         self._parse_response = ModelInferResponse.FromString
         self.window_start = window_start
         self.window_end = window_end
+        self.metadata = metadata or None  # a bearer token, if any
         self.latencies: list[float] = []
         self.errors: Counter = Counter()
         self.server_sums: dict[str, float] = {}
@@ -275,7 +278,7 @@ class _Recorder:
     async def send(self, call: Any, request: bytes, timeout_s: float) -> None:
         sent = time.perf_counter()
         try:
-            raw = await call(request, timeout=timeout_s)
+            raw = await call(request, timeout=timeout_s, metadata=self.metadata)
         except self._rpc_error as exc:
             if self.window_start <= sent < self.window_end:
                 self.errors[exc.code().name] += 1
@@ -293,7 +296,7 @@ class _Recorder:
 
 async def _run_job(call: Any, job: Job) -> JobResult:
     start = time.perf_counter() + START_DELAY_S
-    recorder = _Recorder(start + job.warmup_s, start + job.warmup_s + job.duration_s)
+    recorder = _Recorder(start + job.warmup_s, start + job.warmup_s + job.duration_s, job.security.metadata)
     cpu = asyncio.ensure_future(_cpu_seconds_in_window(recorder.window_start, recorder.window_end))
     if job.concurrency:
         lags: list[float] = []

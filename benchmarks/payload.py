@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from edgecnn.benchmarks.echo import SERVICE
-from edgecnn.serve.client import CHANNEL_OPTIONS
+from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
 from edgecnn.benchmarks.inprocess import random_array
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.codec import DATATYPES
@@ -40,15 +40,15 @@ class ModelSpec:
     inputs: tuple[InputSpec, ...]
 
 
-def wait_until_ready(address: str, timeout_s: float = 30.0) -> None:
+def wait_until_ready(address: str, timeout_s: float = 30.0, security: ChannelSecurity = PLAINTEXT) -> None:
     """Poll ServerReady until it answers true (any OIP server), or raise TimeoutError."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    with security.channel(address) as channel:
         ready = channel.unary_unary(SERVER_READY, request_serializer=pb.ServerReadyRequest.SerializeToString,
                                     response_deserializer=pb.ServerReadyResponse.FromString)
         while True:
             try:
-                if ready(pb.ServerReadyRequest(), timeout=1.0).ready:
+                if ready(pb.ServerReadyRequest(), timeout=1.0, metadata=security.metadata).ready:
                     return
             except grpc.RpcError:
                 pass
@@ -57,20 +57,22 @@ def wait_until_ready(address: str, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-def fetch_model_spec(address: str, model: str, version: str = "", timeout_s: float = 10.0) -> tuple[ModelSpec, bytes]:
+def fetch_model_spec(address: str, model: str, version: str = "", timeout_s: float = 10.0,
+                     security: ChannelSecurity = PLAINTEXT) -> tuple[ModelSpec, bytes]:
     """The ModelMetadata RPC: the model's inputs (and the raw response, which the echo server can replay)."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    with security.channel(address) as channel:
         call = channel.unary_unary(MODEL_METADATA)
-        raw = call(pb.ModelMetadataRequest(name=model, version=version).SerializeToString(), timeout=timeout_s)
+        raw = call(pb.ModelMetadataRequest(name=model, version=version).SerializeToString(), timeout=timeout_s,
+                   metadata=security.metadata)
     response = pb.ModelMetadataResponse.FromString(raw)
     inputs = tuple(InputSpec(t.name, t.datatype, tuple(t.shape)) for t in response.inputs)
     return ModelSpec(response.name, version, response.platform, inputs), raw
 
 
-def infer_once(address: str, request: bytes, timeout_s: float = 10.0) -> bytes:
+def infer_once(address: str, request: bytes, timeout_s: float = 10.0, security: ChannelSecurity = PLAINTEXT) -> bytes:
     """One ModelInfer call with a serialised request; the serialised response."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        return channel.unary_unary(MODEL_INFER)(request, timeout=timeout_s)
+    with security.channel(address) as channel:
+        return channel.unary_unary(MODEL_INFER)(request, timeout=timeout_s, metadata=security.metadata)
 
 
 def batch_shape(spec: InputSpec, batch_size: int) -> list[int]:

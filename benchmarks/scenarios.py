@@ -21,6 +21,7 @@ from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_o
 from edgecnn.benchmarks.servers import start_echo_server
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.benchmarks.stats import ratio
+from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
 
 OFFLINE_CONCURRENCY = 32  # the offline scenario's load when the sweep is empty
 
@@ -108,10 +109,13 @@ class Measurer:
     loadgen: LoadGenerator
     run: ServedRun
     progress: Callable[[str], None]
+    security: ChannelSecurity = PLAINTEXT
 
     def point(self, address: str, target: str, mode: str, load: float) -> LoadPoint:
         s = self.settings
         timing = dict(warmup_s=s.point_warmup_s, duration_s=s.duration_s, timeout_s=s.timeout_s)
+        if address == self.address:  # the echo server is always plaintext
+            timing["security"] = self.security
         if mode == "closed":
             return self.loadgen.closed_loop(target, address, self.requests, s.batch_size, int(load), **timing)
         return self.loadgen.open_loop(target, address, self.requests, s.batch_size, load, seed=s.seed, **timing)
@@ -135,15 +139,17 @@ def run_served(
     inprocess: list[InProcessResult],
     progress: Callable[[str], None] = print,
 ) -> ServedRun:
-    spec, metadata_raw = fetch_model_spec(address, model_name, settings.model_version, settings.timeout_s)
+    security = settings.security()
+    spec, metadata_raw = fetch_model_spec(address, model_name, settings.model_version, settings.timeout_s, security)
     images = load_images(settings.images, spec.inputs[0]) if settings.images else None
     requests = build_requests(spec, settings.batch_size, settings.distinct_requests, images, settings.seed)
     run = ServedRun(label, address, spec.name, spec.platform, settings.batch_size,
                     compute_floor=compute_floor(inprocess, settings.batch_size))
-    canned_response = infer_once(address, requests[0], settings.timeout_s)  # the echo answers with these bytes
+    canned_response = infer_once(address, requests[0], settings.timeout_s, security)  # the echo answers with these
     echo_server = start_echo_server(canned_response, metadata_raw) if settings.floors else contextlib.nullcontext()
     with echo_server as echo:
-        measurer = Measurer(address, echo.address if echo else None, requests, settings, loadgen, run, progress)
+        measurer = Measurer(address, echo.address if echo else None, requests, settings, loadgen, run, progress,
+                            security)
         sweep = [measurer.compared("closed", c) for c in settings.concurrency]
         for rate in settings.rates:
             measurer.compared("open", rate)

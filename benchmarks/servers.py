@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from edgecnn.benchmarks.payload import wait_until_ready
+from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -61,12 +62,14 @@ def start_echo_server(
 
 @contextlib.contextmanager
 def start_edgecnn_server(
-    model: str | Path, extra_args: str | Sequence[str] = (), log: Path | None = None
+    model: str | Path, extra_args: str | Sequence[str] = (), log: Path | None = None,
+    security: ChannelSecurity = PLAINTEXT,
 ) -> Iterator[ServerProcess]:
     """`edgecnn serve MODEL` on a free loopback port (metrics on any free port), until the block ends.
 
     ``extra_args`` are more `edgecnn serve` flags, e.g. "--max-batch-size 1". Its logs go to ``log``
-    (or are discarded): a benchmark's terminal stays readable.
+    (or are discarded): a benchmark's terminal stays readable. ``security``: how to reach it when
+    ``extra_args`` turn on TLS or tokens.
     """
     port = free_port()
     args = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
@@ -76,15 +79,15 @@ def start_edgecnn_server(
         process = subprocess.Popen(command, stdout=sink, stderr=sink)
         try:
             server = ServerProcess(process, port)
-            _wait_ready(server)
+            _wait_ready(server, security)
             yield server
         finally:
             stop_process(process)
 
 
-def _wait_ready(server: ServerProcess) -> None:
+def _wait_ready(server: ServerProcess, security: ChannelSecurity = PLAINTEXT) -> None:
     try:
-        wait_until_ready(server.address, READY_TIMEOUT_S)
+        wait_until_ready(server.address, READY_TIMEOUT_S, security)
     except TimeoutError:
         code = server.process.poll()
         raise RuntimeError(f"edgecnn serve did not become ready (exit code {code}); see its log") from None

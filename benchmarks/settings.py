@@ -47,6 +47,11 @@ class BenchSettings:
     distinct_requests: int = _flag(8, "Pre-built requests sent in turn.", SERVED)
     timeout_s: float = _flag(10.0, "Per-request deadline, seconds.", SERVED)
     floors: bool = _flag(True, "Measure the echo server (transport floor) at every served point.", SERVED)
+    tls: bool = _flag(False, "Reach the server over TLS, trusting the system's roots (or --tls-ca).", SERVED)
+    tls_ca: str = _flag("", "CA bundle (PEM) the server's certificate must chain to; turns TLS on.", SERVED)
+    tls_cert: str = _flag("", "Client certificate (PEM) for a mutual-TLS server, with --tls-key.", SERVED)
+    tls_key: str = _flag("", "Private key (PEM) of --tls-cert.", SERVED)
+    token_file: str = _flag("", "File holding the bearer token to send (its first line's first field).", SERVED)
 
     seed: int = _flag(0, "Seed of random inputs and Poisson schedules.", OUTPUT)
     out: str = _flag("bench-results", "Folder for bench.json, bench.md and the PNG plots.", OUTPUT)
@@ -62,6 +67,13 @@ class BenchSettings:
             raise ValueError("give either --server HOST:PORT or --start-server, not both")
         if self.clients < 0 or self.batch_size < 1:
             raise ValueError("--clients must be >= 0 (0 = auto) and --batch-size >= 1")
+
+    def security(self):
+        """The served target's TLS and token, as the client and load generator take them."""
+        from edgecnn.serve.client import ChannelSecurity
+
+        return ChannelSecurity.from_files(tls=self.tls, tls_ca=self.tls_ca or None, tls_cert=self.tls_cert or None,
+                                          tls_key=self.tls_key or None, token_file=self.token_file or None)
 
     def client_processes(self) -> int:
         return self.clients or max(1, usable_cores() // 4)

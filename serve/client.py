@@ -56,7 +56,12 @@ class ChannelSecurity:
         from edgecnn.serve.auth import read_token_file
 
         token = read_token_file(Path(token_file)) if token_file else None
-        return cls(tls or bool(tls_ca or tls_cert), tls_ca, tls_cert, tls_key, token)
+        security = cls(tls or bool(tls_ca or tls_cert), tls_ca, tls_cert, tls_key, token)
+        if security.tls:  # unreadable or mismatched files: one ValueError naming the file, now
+            from edgecnn.serve.tls import client_credentials
+
+            client_credentials(tls_ca, tls_cert, tls_key)
+        return security
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -85,16 +85,31 @@ def predict(
     version: Annotated[str, typer.Option(help="Model version (default: the highest).")] = "",
     top_k: Annotated[int, typer.Option(help="Labels to show per image.", min=1)] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 10.0,
+    tls: Annotated[bool, typer.Option(help="Use TLS, trusting the system's roots (or --tls-ca).")] = False,
+    tls_ca: Annotated[Optional[Path], typer.Option(
+        help="CA bundle (PEM) the server's certificate must chain to; turns TLS on.", show_default=False)] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(
+        help="Client certificate (PEM) for a mutual-TLS server, with --tls-key.", show_default=False)] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="Private key (PEM) of --tls-cert.", show_default=False)] = None,
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the bearer token to send (its first line's first field); never pass a token itself.",
+        show_default=False)] = None,
 ) -> None:
     """Classify images with a running `edgecnn serve` and print the top labels and scores."""
     import grpc
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.serve.client import InferenceClient
+    from edgecnn.serve.client import ChannelSecurity, InferenceClient
 
     try:
-        with InferenceClient(server, timeout=timeout) as client:
+        security = ChannelSecurity.from_files(tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                              token_file=token_file)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        with InferenceClient(server, timeout=timeout, security=security) as client:
             result = client.infer(model, [path.read_bytes() for path in images], version=version, top_k=top_k)
     except grpc.RpcError as error:
         details = (error.details() or "").splitlines()[0] if error.details() else ""

@@ -32,3 +32,33 @@ def test_predict_errors_are_one_line_with_a_nonzero_exit(server, tmp_path):
     ]
     result = CliRunner().invoke(app, ["predict", str(bad), "--server", server.address, "--model", "nope"])
     assert result.exit_code == 1 and "NOT_FOUND: model 'nope' is not served; models: tiny" in result.output
+
+
+def test_predict_over_mutual_tls_with_a_token(tiny_model, tmp_path):
+    from edgecnn.serve.server import start_server
+    from tests.serve.certs import issue, make_pki
+    from tests.serve.support import settings_for
+
+    pki = make_pki(tmp_path / "pki")
+    server_leaf = issue(pki, tmp_path / "pki", "localhost", server=True)
+    client_leaf = issue(pki, tmp_path / "pki", "client", server=False)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("a-long-enough-test-token-0001 inference,metadata\n")
+    image = tmp_path / "image.png"
+    image.write_bytes(encode(np.zeros((8, 8, 1), np.uint8)))
+    settings = settings_for(tiny_model, tls_cert=server_leaf.cert, tls_key=server_leaf.key,
+                            tls_client_ca=pki.cert, auth_token_file=tokens)
+    with start_server(settings) as running:
+        address = f"localhost:{running.port}"
+        secure = ["--tls-ca", str(pki.cert), "--tls-cert", str(client_leaf.cert), "--tls-key", str(client_leaf.key)]
+        result = CliRunner().invoke(app, ["predict", str(image), "--server", address, *secure,
+                                          "--token-file", str(tokens)], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert "tiny (version 1)" in result.output
+        result = CliRunner().invoke(app, ["predict", str(image), "--server", address, *secure])
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: {address}: UNAUTHENTICATED: missing or unknown bearer token")
+        result = CliRunner().invoke(app, ["predict", str(image), "--server", address, "--tls-ca",
+                                          str(tmp_path / "missing.pem")])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+        assert "missing.pem" in result.output
