@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -58,7 +59,7 @@ class Batcher:
         max_queue_delay_us: int,
         max_queue_size: int,
         metrics: ModelMetrics,
-        max_queue_images: int | None = None,
+        max_queue_bytes: int = 256 * 1024 * 1024,
         instances: int = 1,
         run_slots: RunSlots | None = None,
     ) -> None:
@@ -72,8 +73,9 @@ class Batcher:
         self._max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_us / 1e6
         self._max_queue_size = max_queue_size
-        # Queued work bounded in memory too, not just in requests: images held waiting for a batch.
-        self._max_queue_images = max_queue_images or 8 * max_batch_size
+        # Queued work bounded in memory too, not just in requests: bytes of images waiting for a batch.
+        self._max_queue_images = max(1, max_queue_bytes // math.prod(model.image_shape))
+        self._max_queue_bytes = max_queue_bytes
         self._run_slots = run_slots or RunSlots(instances)
         # Everything below is shared by the event loop and the compute thread: guarded by _lock.
         self._lock = threading.Lock()
@@ -87,6 +89,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
         self._closed = False
+        self.runs = 0  # batches run so far (read by the idle memory trimmer)
         self._threads = [
             threading.Thread(
                 target=self._compute_loop,
@@ -120,7 +123,7 @@ class Batcher:
             if self._queued_images and self._queued_images + len(images) > self._max_queue_images:
                 raise QueueFull(
                     f"model {self.model.name!r} has {self._queued_images} images queued; {len(images)} more would pass "
-                    f"--max-queue-images {self._max_queue_images}; retry later"
+                    f"--max-queue-bytes {self._max_queue_bytes} ({self._max_queue_images} images); retry later"
                 )
             self._queue.append(pending)
             self._queued_images += len(images)
@@ -230,6 +233,7 @@ class Batcher:
                 start = time.perf_counter()
                 outputs = self.model.run(images, instance)
                 compute_s = time.perf_counter() - start
+                self.runs += 1
             except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
                 _answer_later(batch, ServeError(f"onnxruntime failed on a batch of {len(batch)} requests: {exc}"))
                 return

@@ -161,7 +161,9 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
     return model
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int = 1, spinning: bool = False) -> ort.SessionOptions:
+def session_options(
+    intra_op_threads: int, inter_op_threads: int = 1, spinning: bool = False, arena: bool = True
+) -> ort.SessionOptions:
     """The one onnxruntime session set-up: the server's, and the in-process timing of bench and export,
     so a served figure over its compute floor measures what serving adds. 0 threads: onnxruntime's default."""
     options = ort.SessionOptions()
@@ -171,12 +173,13 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 1, spinning: 
     options.inter_op_num_threads = inter_op_threads
     # Spinning idle intra-op threads steal the cores the gRPC event loop needs under load.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.enable_cpu_mem_arena = arena
     return options
 
 
 def _session_options(settings: ServeSettings, intra_op_threads: int | None = None) -> ort.SessionOptions:
     threads = intra_op_threads or settings.intra_op_threads_resolved
-    return session_options(threads, settings.inter_op_threads, settings.ort_spinning)
+    return session_options(threads, settings.inter_op_threads, settings.ort_spinning, settings.ort_arena)
 
 
 def _add_single_thread_session(model: Model, settings: ServeSettings) -> None:

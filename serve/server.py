@@ -33,6 +33,7 @@ from edgecnn.serve.batcher import Batcher, RunSlots
 from edgecnn.serve import auth, grpc_service, health
 from edgecnn.serve.grpc_service import InferenceService, Limits
 from edgecnn.serve.logs import configure_logging
+from edgecnn.serve.memory import IdleTrimmer
 from edgecnn.serve.metrics import MULTIPROC_ENV, Metrics, serve_metrics
 from edgecnn.serve.repository import Repository
 from edgecnn.serve.settings import ServeSettings
@@ -80,7 +81,7 @@ class InferenceServer:
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_us=s.max_queue_delay_us,
                 max_queue_size=s.max_queue_size,
-                max_queue_images=s.max_queue_images_resolved,
+                max_queue_bytes=s.max_queue_bytes,
                 instances=s.instances_resolved,
                 run_slots=run_slots,
                 metrics=self.metrics.for_model(m.name, m.version),
@@ -96,6 +97,7 @@ class InferenceServer:
         except BaseException:
             await self._close()
             raise
+        self._trimmer = IdleTrimmer(lambda: sum(b.runs for b in self.batchers.values()), s.trim_memory_idle_s)
         for model in self.repository:  # after every model is loaded and timed, so they do not overlap
             model.open_instance_sessions_in_background(s)
 
@@ -214,6 +216,8 @@ class InferenceServer:
             await batcher.stop()
         if hasattr(self, "_decode"):
             self._decode.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "_trimmer"):
+            self._trimmer.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -71,14 +71,18 @@ class ServeSettings:
         16_000_000,
         "Most pixels (width x height) of one encoded PNG/JPEG, read from its header before decoding.",
     )
-    max_queue_images: int = _flag(
-        0, "Images waiting per model before new requests get RESOURCE_EXHAUSTED. 0: 8 x --max-batch-size."
+    max_queue_bytes: int = _flag(
+        256 * 1024 * 1024,
+        "Bytes of images waiting per model before new requests get RESOURCE_EXHAUSTED (with --max-queue-size, "
+        "which counts requests).",
     )
     max_decode_backlog: int = _flag(
         0, "Encoded images waiting for the decode threads before new ones get RESOURCE_EXHAUSTED. 0: 4 x --max-request-images."
     )
     max_concurrent_rpcs: int = _flag(
-        4096, "RPCs handled at once by a server process; more get RESOURCE_EXHAUSTED from gRPC."
+        512,
+        "RPCs handled at once by a server process; more get RESOURCE_EXHAUSTED from gRPC. With the receive "
+        "limit it bounds the memory requests can hold: at most this x --max-message-bytes.",
     )
     max_concurrent_streams: int = _flag(256, "Concurrent RPCs one client connection may open (HTTP/2 streams).")
     max_metadata_bytes: int = _flag(16 * 1024, "Largest request metadata (headers) gRPC accepts.")
@@ -114,6 +118,15 @@ class ServeSettings:
     auth_health: bool = _flag(False, "Require a token for health too (grpc.health.v1, ServerLive, ServerReady).")
     reflection: bool | None = _flag(None, "gRPC server reflection. Default: on, off when TLS or tokens are on.")
     metrics_host: str = _flag("", "Interface for the metrics endpoint (default: --host). 127.0.0.1 keeps it private.")
+    trim_memory_idle_s: float = _flag(
+        2.0,
+        "Once no batch has run for this long after a burst, hand freed heap memory back to the system "
+        "(glibc malloc_trim), so RSS settles near its baseline. 0: never.",
+    )
+    ort_arena: bool = _flag(
+        True,
+        "onnxruntime's CPU memory arena: faster runs, but the memory of the largest batch stays with each session.",
+    )
     drain_delay_s: float = _flag(
         1.0,
         "After SIGTERM/SIGINT: health NOT_SERVING at once, but keep serving this long (load balancers and "
@@ -134,13 +147,14 @@ class ServeSettings:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
         for name in ("max_batch_size", "max_queue_size", "workers", "inter_op_threads", "gil_switch_interval_us",
-                     "max_image_pixels", "max_concurrent_rpcs", "max_concurrent_streams", "max_metadata_bytes"):
+                     "max_image_pixels", "max_queue_bytes", "max_concurrent_rpcs", "max_concurrent_streams", "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_queue_delay_us", "instances", "intra_op_threads", "single_thread_below", "decode_threads", "port",
-                     "metrics_port", "max_message_bytes", "max_request_images", "max_queue_images",
+                     "metrics_port", "max_message_bytes", "max_request_images",
                      "max_decode_backlog", "max_connection_age_s", "max_connection_age_grace_s", "keepalive_time_s",
-                     "keepalive_timeout_s", "min_ping_interval_s", "max_ping_strikes", "drain_delay_s", "grace"):
+                     "keepalive_timeout_s", "min_ping_interval_s", "max_ping_strikes", "drain_delay_s", "grace",
+                     "trim_memory_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.workers > 1 and self.port == 0:
@@ -170,10 +184,6 @@ class ServeSettings:
     @property
     def max_request_images_resolved(self) -> int:
         return self.max_request_images or self.max_batch_size
-
-    @property
-    def max_queue_images_resolved(self) -> int:
-        return self.max_queue_images or 8 * self.max_batch_size
 
     @property
     def max_decode_backlog_resolved(self) -> int:

@@ -36,7 +36,7 @@ def test_predict_errors_are_one_line_with_a_nonzero_exit(server, tmp_path):
 
 def test_predict_over_mutual_tls_with_a_token(tiny_model, tmp_path):
     from edgecnn.serve.server import start_server
-    from tests.serve.certs import issue, make_pki
+    from edgecnn.benchmarks.certs import issue, make_pki
     from tests.serve.support import settings_for
 
     pki = make_pki(tmp_path / "pki")

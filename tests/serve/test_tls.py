@@ -21,7 +21,7 @@ from edgecnn.protos.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from edgecnn.serve import codec
 from edgecnn.serve.server import start_server
 from edgecnn.serve.tls import ServerTls, client_credentials
-from tests.serve.certs import issue, make_pki
+from edgecnn.benchmarks.certs import issue, make_pki
 from tests.serve.support import settings_for
 from tests.serve.test_process import LOOPBACK, ServeProcess
 from tests.tiny_models import random_images

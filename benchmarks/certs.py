@@ -1,4 +1,5 @@
-"""Real X.509 certificates for the TLS tests, made with `cryptography` (no openssl binary).
+"""Real X.509 certificates for the TLS tests and the security benchmark, made with `cryptography` (a dev
+dependency; no openssl binary).
 
     ca = make_pki(folder, "ca1")                        a self-signed CA: ca.cert, ca.key
     leaf = issue(ca, folder, "server", server=True)     a leaf it signed: leaf.cert, leaf.key
