@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgecnn.serve.settings import usable_cores
+from edgecnn.serve.settings import cgroup_cpu_quota, usable_cores
 
 
 def describe_device() -> dict[str, Any]:
@@ -21,7 +21,7 @@ def describe_device() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
-        "cgroup_cpu_limit": _cgroup_cpu_limit(),
+        "cgroup_cpu_limit": cgroup_cpu_quota(),
         "memory_gib": _memory_gib(),
         "os": platform.platform(),
         "machine": platform.machine(),
@@ -41,15 +41,6 @@ def cpu_model() -> str:
             if line.startswith(("model name", "Model", "Hardware")):  # x86, Raspberry Pi, other ARM boards
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def _cgroup_cpu_limit() -> float | None:
-    """CPUs granted by a cgroup v2 quota (containers), or None when unlimited or unknown."""
-    path = Path("/sys/fs/cgroup/cpu.max")
-    if not path.exists():
-        return None
-    quota, period = path.read_text().split()
-    return None if quota == "max" else round(int(quota) / int(period), 2)
 
 
 def _memory_gib() -> float | None:

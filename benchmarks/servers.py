@@ -63,17 +63,18 @@ def start_echo_server(
 @contextlib.contextmanager
 def start_edgecnn_server(
     model: str | Path, extra_args: str | Sequence[str] = (), log: Path | None = None,
-    security: ChannelSecurity = PLAINTEXT,
+    security: ChannelSecurity = PLAINTEXT, python: str = sys.executable,
 ) -> Iterator[ServerProcess]:
     """`edgecnn serve MODEL` on a free loopback port (metrics on any free port), until the block ends.
 
     ``extra_args`` are more `edgecnn serve` flags, e.g. "--max-batch-size 1". Its logs go to ``log``
     (or are discarded): a benchmark's terminal stays readable. ``security``: how to reach it when
-    ``extra_args`` turn on TLS or tokens.
+    ``extra_args`` turn on TLS or tokens. ``python``: the interpreter of another installed edgecnn
+    (an older checkout's venv, for before/after comparisons).
     """
     port = free_port()
     args = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
-    command = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(model),
+    command = [python, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(model),
                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args]
     with open(log, "ab") if log else open(os.devnull, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=sink)
