@@ -68,3 +68,44 @@ def test_tritonclient_works_unchanged(server, tiny_model, tmp_path):
         assert float(score) == pytest.approx(float(row.max()), abs=1e-6)
     assert out["batch_size"] >= 3
     assert np.allclose(np.sum(out["encoded_probabilities"], axis=1), 1.0, atol=1e-5)
+
+
+SECURE_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tc
+
+address, ca, cert, key, token = sys.argv[1:]
+client = tc.InferenceServerClient(url=address, ssl=True, root_certificates=ca, private_key=key, certificate_chain=cert)
+pixels = tc.InferInput("images", [1, 8, 8, 1], "UINT8")
+pixels.set_data_from_numpy(np.zeros((1, 8, 8, 1), np.uint8))
+out = {"live": client.is_server_live()}  # health stays open without a token
+result = client.infer("tiny", [pixels], headers={"authorization": "Bearer " + token})
+out["logits"] = list(result.as_numpy("logits").shape)
+try:
+    client.infer("tiny", [pixels])
+except tc.InferenceServerException as error:
+    out["no_token"] = error.status()
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_over_mutual_tls_with_a_token_as_the_readme_shows(tiny_model, tmp_path):
+    from edgecnn.benchmarks.certs import issue, make_pki
+    from edgecnn.serve.server import start_server
+    from tests.serve.support import settings_for
+
+    pki = make_pki(tmp_path)
+    server_leaf, client_leaf = issue(pki, tmp_path, "localhost", server=True), issue(pki, tmp_path, "me", server=False)
+    token = "readme-example-token-000000000001"
+    (tmp_path / "tokens.txt").write_text(f"{token} inference\n")
+    settings = settings_for(tiny_model, tls_cert=server_leaf.cert, tls_key=server_leaf.key, tls_client_ca=pki.cert,
+                            auth_token_file=tmp_path / "tokens.txt")
+    with start_server(settings) as running:
+        completed = subprocess.run(
+            [sys.executable, "-c", SECURE_CLIENT, f"localhost:{running.port}", str(pki.cert), str(client_leaf.cert),
+             str(client_leaf.key), token], capture_output=True, text=True, timeout=120,
+        )
+    assert completed.returncode == 0, completed.stderr
+    out = json.loads(completed.stdout)
+    assert out == {"live": True, "logits": [1, 3], "no_token": "StatusCode.UNAUTHENTICATED"}
