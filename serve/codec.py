@@ -18,7 +18,7 @@ import numpy as np
 
 from edgecnn.export.metadata import INPUT_NAME, PROBABILITIES, ModelMetadata
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
-from edgecnn.serve.errors import InvalidInput
+from edgecnn.serve.errors import InvalidInput, shown
 
 CLASSIFICATION = "classification"
 
@@ -188,7 +188,7 @@ def request_images(request: pb.ModelInferRequest, meta: ModelMetadata, max_image
     bytes and against ``max_images`` before anything is copied or parsed element by element.
     """
     if len(request.inputs) != 1 or request.inputs[0].name != meta.input_name:
-        got = ", ".join(repr(t.name) for t in request.inputs) or "none"
+        got = ", ".join(shown(t.name) for t in request.inputs[:8]) or "none"
         raise InvalidInput(f"model {meta.name!r} takes one input {_expected(meta)}; got inputs: {got}")
     tensor = request.inputs[0]
     raw = None
@@ -200,7 +200,7 @@ def request_images(request: pb.ModelInferRequest, meta: ModelMetadata, max_image
         return _pixels(tensor, raw, meta, max_images)
     if tensor.datatype == "BYTES":
         return _encoded(tensor, raw, max_images)
-    raise InvalidInput(f"input {tensor.name!r} has datatype {tensor.datatype or '(empty)'}; expected {_expected(meta)}")
+    raise InvalidInput(f"input {shown(tensor.name)} has datatype {shown(tensor.datatype, quote=False) if tensor.datatype else '(empty)'}; expected {_expected(meta)}")
 
 
 def _expected(meta: ModelMetadata) -> str:
@@ -213,7 +213,7 @@ def _expected(meta: ModelMetadata) -> str:
 def _check_image_count(tensor, count: int, max_images: int) -> None:
     if count > max_images:
         raise InvalidInput(
-            f"input {tensor.name!r} carries {count} images; the limit is {max_images} per request "
+            f"input {shown(tensor.name)} carries {count} images; the limit is {max_images} per request "
             f"(--max-request-images): split it into several requests"
         )
 
@@ -221,30 +221,30 @@ def _check_image_count(tensor, count: int, max_images: int) -> None:
 def _pixels(tensor, raw: bytes | None, meta: ModelMetadata, max_images: int) -> np.ndarray:
     shape = tuple(tensor.shape)
     if len(shape) != 4 or shape[1:] != (meta.height, meta.width, meta.channels) or shape[0] < 1:
-        raise InvalidInput(f"input {tensor.name!r} has shape {list(shape)}; expected {_expected(meta)}")
+        raise InvalidInput(f"input {shown(tensor.name)} has shape {shown(list(shape))}; expected {_expected(meta)}")
     _check_image_count(tensor, shape[0], max_images)
     count = math.prod(shape)
     if raw is not None:
         if len(raw) != count:
             raise InvalidInput(
-                f"input {tensor.name!r} of shape {list(shape)} needs {count} bytes of UINT8 data, got {len(raw)}"
+                f"input {shown(tensor.name)} of shape {shown(list(shape))} needs {count} bytes of UINT8 data, got {len(raw)}"
             )
         return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     if len(tensor.contents.uint_contents) != count:  # before converting: counting is free
         raise InvalidInput(
-            f"input {tensor.name!r} of shape {list(shape)} needs {count} values (raw_input_contents or "
+            f"input {shown(tensor.name)} of shape {shown(list(shape))} needs {count} values (raw_input_contents or "
             f"contents.uint_contents), got {len(tensor.contents.uint_contents)}"
         )
     values = np.array(tensor.contents.uint_contents, dtype=np.uint32)
     if values.max() > 255:
-        raise InvalidInput(f"input {tensor.name!r} is UINT8 but holds {values.max()}")
+        raise InvalidInput(f"input {shown(tensor.name)} is UINT8 but holds {values.max()}")
     return values.astype(np.uint8).reshape(shape)
 
 
 def _encoded(tensor, raw: bytes | None, max_images: int) -> list[bytes]:
     shape = tuple(tensor.shape)
     if len(shape) not in (1, 2) or shape[0] < 1 or shape[1:] not in ((), (1,)):
-        raise InvalidInput(f"BYTES input {tensor.name!r} has shape {list(shape)}; expected [n] or [n, 1] encoded images")
+        raise InvalidInput(f"BYTES input {shown(tensor.name)} has shape {shown(list(shape))}; expected [n] or [n, 1] encoded images")
     _check_image_count(tensor, shape[0], max_images)
     if raw is None:  # typed contents: count them before copying them
         count = len(tensor.contents.bytes_contents)
@@ -253,10 +253,10 @@ def _encoded(tensor, raw: bytes | None, max_images: int) -> list[bytes]:
         try:
             items = decode_bytes(raw, max_items=shape[0])
         except ValueError as exc:
-            raise InvalidInput(f"BYTES input {tensor.name!r} is malformed: {exc}") from exc
+            raise InvalidInput(f"BYTES input {shown(tensor.name)} is malformed: {exc}") from exc
         count = len(items)
     if count != shape[0]:
-        raise InvalidInput(f"BYTES input {tensor.name!r} of shape {list(shape)} holds {count} elements")
+        raise InvalidInput(f"BYTES input {shown(tensor.name)} of shape {shown(list(shape))} holds {count} elements")
     return items
 
 
@@ -274,12 +274,12 @@ def requested_outputs(request: pb.ModelInferRequest, meta: ModelMetadata) -> lis
     for output in request.outputs:
         if output.name not in meta.output_names:
             outputs = ", ".join(meta.output_names)
-            raise InvalidInput(f"model {meta.name!r} has no output {output.name!r}; outputs: {outputs}")
+            raise InvalidInput(f"model {meta.name!r} has no output {shown(output.name)}; outputs: {outputs}")
         top_k = None
         if CLASSIFICATION in output.parameters:
             param = output.parameters[CLASSIFICATION]
             if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 1:
-                raise InvalidInput(f"output {output.name!r}: parameter 'classification' must be an int64 >= 1")
+                raise InvalidInput(f"output {shown(output.name)}: parameter 'classification' must be an int64 >= 1")
             top_k = param.int64_param
         wanted.append(RequestedOutput(output.name, meta.output_names.index(output.name), top_k))
     return wanted

@@ -27,3 +27,10 @@ class DeadlinePassed(ServeError):
 
 class NotReady(ServeError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+def shown(value: object, limit: int = 64, quote: bool = True) -> str:
+    """A client's value as an error message quotes it (strings in quotes), cut to ``limit`` characters:
+    details travel back in a header, and one as long as the client's string would be refused."""
+    text = repr(value) if isinstance(value, str) and quote else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

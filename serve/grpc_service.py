@@ -19,7 +19,7 @@ from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve import codec
 from edgecnn.serve.batcher import Batcher, BatchResult
-from edgecnn.serve.errors import InvalidInput, ModelNotFound, QueueFull, ServeError
+from edgecnn.serve.errors import InvalidInput, ModelNotFound, QueueFull, ServeError, shown
 from edgecnn.serve.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_images
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import Model
@@ -72,7 +72,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._repository.get(request.name, request.version)
         except ModelNotFound as error:
-            await context.abort(error.code, str(error))
+            return refuse(context, error.code, str(error), pb.ModelMetadataResponse)
         meta = model.metadata
         datatypes = model.output_datatypes()
         return pb.ModelMetadataResponse(
@@ -88,7 +88,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         if self.drain.refusing:
-            await self.drain.refuse(context)
+            return await self.drain.refuse(context)
         self.drain.enter()
         try:
             return await self._model_infer(request, context)
@@ -102,7 +102,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except ModelNotFound as error:
             # Unknown names stay out of the metric labels: clients could grow them without bound.
             self._metrics.count_request("", "", error.code.name)
-            await context.abort(error.code, str(error))
+            return refuse(context, error.code, str(error))
         status = "OK"
         try:
             return await self._infer(model, request, context)
@@ -110,7 +110,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = error.code.name
             level = logging.ERROR if error.code == grpc.StatusCode.INTERNAL else logging.INFO  # client mistakes are routine
             log.log(level, "request failed", extra={"model": model.name, "status": status, "error": str(error)})
-            await context.abort(error.code, str(error))
+            return refuse(context, error.code, str(error))
         except asyncio.CancelledError:  # grpc cancels the handler when the client cancels or its deadline passes
             remaining = context.time_remaining()
             status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -118,7 +118,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as error:  # a bug: say so, and keep serving
             status = "INTERNAL"
             log.exception("request failed unexpectedly", extra={"model": model.name})
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+            return refuse(context, grpc.StatusCode.INTERNAL, f"internal error: {error}")
         finally:
             self._metrics.count_request(model.name, model.version, status)
             self._batchers[model.name, model.version].metrics.request_seconds.observe(time.perf_counter() - started)
@@ -191,10 +191,10 @@ class Drain:
         if not self.in_flight:
             self._idle.set()
 
-    async def refuse(self, context) -> None:
+    async def refuse(self, context) -> pb.ModelInferResponse:
         self.last_arrival = time.monotonic()
         await self._stopping.wait()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
+        return refuse(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
 
     async def wait_idle(self, quiet_s: float = 0.02) -> None:
         """Until no admitted call is in flight and no new call has come for ``quiet_s``."""
@@ -225,5 +225,52 @@ def _response(
     return response
 
 
+def refuse(context, code: grpc.StatusCode, details: str, response_type=pb.ModelInferResponse):
+    """End a call with ``code``: a status set, not context.abort(), whose exception would keep the
+    request (megabytes, for a refused big one) in a reference cycle until the garbage collector runs."""
+    context.set_code(code)
+    context.set_details(details)
+    return response_type()
+
+
+class MalformedRequest:
+    """What the service receives for bytes that are not a valid request message (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(message_type):
+    def parse(raw: bytes):
+        try:
+            return message_type.FromString(raw)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
+            return MalformedRequest(f"not a valid {message_type.DESCRIPTOR.name} message: {shown(str(exc), 200)}")
+    return parse
+
+
+def _answering_malformed(method, response_type):
+    async def handle(request, context):
+        if request.__class__ is MalformedRequest:
+            return refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.error, response_type)
+        return await method(request, context)
+    return handle
+
+
 def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    """Every RPC of the service, with request bytes parsed so that a malformed message is the client's
+    INVALID_ARGUMENT (gRPC's own parser would answer UNKNOWN and log a traceback)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _answering_malformed(getattr(service, method.name), response_type),
+            request_deserializer=_tolerant(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)

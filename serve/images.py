@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -15,6 +16,11 @@ _MODES = {1: "L", 3: "RGB"}
 SERVED_FORMATS = ("PNG", "JPEG")
 # 16 megapixels: a 4,000 x 4,000 photo; 48 MB decoded as RGB.
 DEFAULT_MAX_PIXELS = 16_000_000
+
+
+# Pillow warns past its own limit and refuses past twice it, inside Image.open; the pixel limit
+# below is checked right after the header is read, so the warning says nothing new.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageDecodeError(ValueError):
@@ -59,6 +65,8 @@ def decode_image(
             return to_array(image, height, width, channels)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met inside Image.open
+        raise ImageDecodeError(f"image is over the limit of {max_pixels:,} pixels (--max-image-pixels)") from exc
     except UnidentifiedImageError as exc:
         accepted = " or ".join(formats) if formats else "image format Pillow reads"
         raise ImageDecodeError(f"not a {accepted} image ({len(data)} bytes)") from exc

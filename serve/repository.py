@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecnn.serve.errors import ModelNotFound
+from edgecnn.serve.errors import ModelNotFound, shown
 from edgecnn.serve.model import Model, load_model
 from edgecnn.serve.settings import ServeSettings
 
@@ -85,7 +85,7 @@ class Repository:
             return versions[max(versions, key=version_key)]
         if version not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}"
+                f"model {shown(name)} has no version {shown(version)}; versions: {', '.join(self.versions(name))}"
             )
         return versions[version]
 
@@ -93,6 +93,6 @@ class Repository:
         if not name and len(self._models) == 1:
             return next(iter(self._models.values()))
         if name not in self._models:
-            wanted = f"model {name!r} is not served" if name else "a model name is required"
+            wanted = f"model {shown(name)} is not served" if name else "a model name is required"
             raise ModelNotFound(f"{wanted}; models: {', '.join(self.names())}")
         return self._models[name]

@@ -16,6 +16,10 @@ Provider = Literal["cpu", "cuda", "auto"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
 
 
+# Pillow refuses images over twice its MAX_IMAGE_PIXELS (89,478,485) whatever we allow.
+PILLOW_PIXEL_LIMIT = 2 * 89_478_485
+
+
 def _flag(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -69,7 +73,8 @@ class ServeSettings:
     )
     max_image_pixels: int = _flag(
         16_000_000,
-        "Most pixels (width x height) of one encoded PNG/JPEG, read from its header before decoding.",
+        "Most pixels (width x height) of one encoded PNG/JPEG, read from its header before decoding "
+        f"(at most {PILLOW_PIXEL_LIMIT:,}, Pillow's own).",
     )
     max_queue_bytes: int = _flag(
         256 * 1024 * 1024,
@@ -157,6 +162,8 @@ class ServeSettings:
                      "trim_memory_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_image_pixels > PILLOW_PIXEL_LIMIT:
+            raise ValueError(f"--max-image-pixels can be at most {PILLOW_PIXEL_LIMIT:,} (Pillow's own limit)")
         if self.workers > 1 and self.port == 0:
             raise ValueError("--workers > 1 needs a fixed --port: the processes share it")
 
