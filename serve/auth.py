@@ -10,8 +10,9 @@ comma-separated scopes; a token without scopes has them all. Blank lines and ``#
 
 The last token has every scope. Scopes, by method:
     inference   ModelInfer
-    metadata    ServerMetadata, ModelMetadata, ModelReady, server reflection; health when auth_health
-    admin       RepositoryIndex/Load/Unload, and every method not named here (deny by default)
+    metadata    ServerMetadata, ModelMetadata, ModelReady, RepositoryIndex, server reflection; health when
+                auth_health
+    admin       RepositoryModelLoad/Unload, and every method not named here (deny by default)
     (none)      grpc.health.v1 Check/Watch, ServerLive, ServerReady, unless auth_health
 
 Clients send ``authorization: Bearer TOKEN`` metadata (``bearer_metadata``). Refusals are
@@ -42,7 +43,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     _OIP + "ServerMetadata": "metadata",
     _OIP + "ModelMetadata": "metadata",
     _OIP + "ModelReady": "metadata",
-    _OIP + "RepositoryIndex": "admin",
+    _OIP + "RepositoryIndex": "metadata",
     _OIP + "RepositoryModelLoad": "admin",
     _OIP + "RepositoryModelUnload": "admin",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "metadata",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecnn.serve.settings import Provider, ServeSettings, help_of
+from edgecnn.serve.settings import ModelControlMode, Provider, ServeSettings, help_of
 
 S = ServeSettings  # its class attributes are the defaults
 
@@ -23,6 +23,9 @@ def serve(
     metrics: Annotated[bool, _option("metrics")] = S.metrics,
     metrics_port: Annotated[int, _option("metrics_port")] = S.metrics_port,
     provider: Annotated[Provider, _option("provider")] = S.provider,
+    model_control_mode: Annotated[ModelControlMode, _option("model_control_mode")] = S.model_control_mode,
+    repository_poll_s: Annotated[float, _option("repository_poll_s")] = S.repository_poll_s,
+    load_model: Annotated[Optional[list[str]], _option("load_model", show_default=False)] = None,
     max_batch_size: Annotated[int, _option("max_batch_size")] = S.max_batch_size,
     max_queue_delay_us: Annotated[int, _option("max_queue_delay_us")] = S.max_queue_delay_us,
     max_queue_size: Annotated[int, _option("max_queue_size")] = S.max_queue_size,

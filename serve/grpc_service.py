@@ -23,27 +23,25 @@ from edgecnn.serve.errors import InvalidInput, ModelNotFound, QueueFull, ServeEr
 from edgecnn.serve.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_images
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import Model
-from edgecnn.serve.repository import Repository
+from edgecnn.serve.lifecycle import ControlError, ModelStore
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgecnn"
-EXTENSIONS = ["classification"]
+EXTENSIONS = ["classification", "model_repository"]
 TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
-        repository: Repository,
-        batchers: dict[tuple[str, str], Batcher],
+        models: ModelStore,
         metrics: Metrics,
         decode_executor: Executor,
         version: str,
         limits: Limits | None = None,
     ) -> None:
-        self._repository = repository
-        self._batchers = batchers
+        self._models = models
         self._metrics = metrics
         self._decode_executor = decode_executor
         self._version = version
@@ -60,7 +58,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         try:
-            self._repository.get(request.name, request.version)
+            self._models.served(request.name, request.version)
         except ModelNotFound:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.ready)
@@ -70,14 +68,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         try:
-            model = self._repository.get(request.name, request.version)
+            model = self._models.get(request.name, request.version)
         except ModelNotFound as error:
             return refuse(context, error.code, str(error), pb.ModelMetadataResponse)
         meta = model.metadata
         datatypes = model.output_datatypes()
         return pb.ModelMetadataResponse(
             name=model.name,
-            versions=self._repository.versions(model.name),
+            versions=self._models.versions(model.name),
             platform=model.platform,
             inputs=[TensorMetadata(name=meta.input_name, datatype=meta.input_datatype, shape=[-1, *model.image_shape])],
             outputs=[
@@ -85,6 +83,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 for name in meta.output_names
             ],
         )
+
+    async def RepositoryIndex(self, request, context):
+        """Every version the server knows of: READY, UNAVAILABLE (with why), LOADING or UNLOADING."""
+        Index = pb.RepositoryIndexResponse.ModelIndex
+        rows = self._models.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[Index(name=n, version=v, state=s, reason=r) for n, v, s, r in rows])
+
+    async def RepositoryModelLoad(self, request, context):
+        return await self._control(self._models.load, request.model_name, context, pb.RepositoryModelLoadResponse)
+
+    async def RepositoryModelUnload(self, request, context):
+        return await self._control(self._models.unload, request.model_name, context, pb.RepositoryModelUnloadResponse)
+
+    async def _control(self, action, name: str, context, response_type):
+        try:
+            await action(name)
+        except ControlError as error:
+            log.info("model control refused", extra={"model": shown(name), "error": str(error)})
+            return refuse(context, getattr(grpc.StatusCode, error.code), str(error), response_type)
+        return response_type()
 
     async def ModelInfer(self, request, context):
         if self.drain.refusing:
@@ -98,14 +116,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _model_infer(self, request, context):
         started = time.perf_counter()
         try:
-            model = self._repository.get(request.model_name, request.model_version)
+            served = self._models.served(request.model_name, request.model_version)
         except ModelNotFound as error:
             # Unknown names stay out of the metric labels: clients could grow them without bound.
             self._metrics.count_request("", "", error.code.name)
             return refuse(context, error.code, str(error))
+        model, batcher = served.model, served.batcher
+        served.in_flight += 1  # a new version swapped in meanwhile waits for this one before retiring this
         status = "OK"
         try:
-            return await self._infer(model, request, context)
+            return await self._infer(model, batcher, request, context)
         except ServeError as error:
             status = error.code.name
             level = logging.ERROR if error.code == grpc.StatusCode.INTERNAL else logging.INFO  # client mistakes are routine
@@ -120,10 +140,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("request failed unexpectedly", extra={"model": model.name})
             return refuse(context, grpc.StatusCode.INTERNAL, f"internal error: {error}")
         finally:
+            served.in_flight -= 1
             self._metrics.count_request(model.name, model.version, status)
-            self._batchers[model.name, model.version].metrics.request_seconds.observe(time.perf_counter() - started)
+            batcher.metrics.request_seconds.observe(time.perf_counter() - started)
 
-    async def _infer(self, model: Model, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    async def _infer(self, model: Model, batcher: Batcher, request: pb.ModelInferRequest, context):
         meta = model.metadata
         images = codec.request_images(request, meta, self._limits.max_request_images)
         outputs = codec.requested_outputs(request, meta)
@@ -131,7 +152,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             images = await self._decode(images, model)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._batchers[model.name, model.version].infer(images, deadline)
+        result = await batcher.infer(images, deadline)
         return _response(request, model, outputs, result)
 
     async def _decode(self, encoded: list[bytes], model: Model) -> np.ndarray:
@@ -196,14 +217,17 @@ class Drain:
         await self._stopping.wait()
         return refuse(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
 
-    async def wait_idle(self, quiet_s: float = 0.02) -> None:
-        """Until no admitted call is in flight and no new call has come for ``quiet_s``."""
+    async def wait_idle(self, quiet_s: float = 0.02, quiet_wait_s: float = 0.5) -> None:
+        """Until no admitted call is in flight and no new call has come for ``quiet_s``; callers that
+        keep sending (open loop) are given up on ``quiet_wait_s`` after the last admitted call ended."""
         while True:
             await self._idle.wait()
-            quiet_for = time.monotonic() - self.last_arrival
-            if quiet_for >= quiet_s and not self.in_flight:
-                return
-            await asyncio.sleep(max(quiet_s - quiet_for, 0.001))
+            idle_since = time.monotonic()
+            while not self.in_flight:
+                quiet_for = time.monotonic() - self.last_arrival
+                if quiet_for >= quiet_s or time.monotonic() - idle_since >= quiet_wait_s:
+                    return
+                await asyncio.sleep(max(quiet_s - quiet_for, 0.001))
 
     def release_refused(self) -> None:
         """gRPC's shutdown has begun: answer the held calls (UNAVAILABLE)."""

@@ -57,6 +57,13 @@ class Metrics:
         self.batch_size = Histogram(
             "edgecnn_batch_size", "Images per onnxruntime run.", labels, buckets=BATCH_BUCKETS, registry=r
         )
+        self.model_loads = Counter(
+            "edgecnn_model_loads", "Model version loads by outcome (ok, failed).", ("model", "outcome"), registry=r
+        )
+        self.model_unloads = Counter("edgecnn_model_unloads", "Model versions unloaded.", ("model",), registry=r)
+        self.models_loaded = Gauge(
+            "edgecnn_models_loaded", "Model versions serving.", multiprocess_mode="livesum", registry=r
+        )
         self.queue_depth = Gauge(
             "edgecnn_queue_depth", "Requests left waiting in the batcher queue when it last took a batch.", labels,
             multiprocess_mode="livesum", registry=r,
@@ -70,6 +77,12 @@ class Metrics:
             batch_size=self.batch_size.labels(name, version),
             queue_depth=self.queue_depth.labels(name, version),
         )
+
+    def count_load(self, name: str, outcome: str) -> None:
+        self.model_loads.labels(name, outcome).inc()
+
+    def count_unload(self, name: str) -> None:
+        self.model_unloads.labels(name).inc()
 
     def count_request(self, name: str, version: str, status: str) -> None:
         key = (name, version, status)

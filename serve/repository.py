@@ -1,18 +1,27 @@
-"""Find and load the models to serve: one MODEL.onnx, or a repository NAME/VERSION/model.onnx."""
+"""What a model repository holds on disk: NAME/VERSION/model.onnx (+ optional NAME/config.json).
+
+Pure functions of the files, no loading: the folder name is the model name (Triton's rule), the
+version folders are its versions, and ``config.json`` chooses which versions to serve and per-model
+settings. ``serve/lifecycle.py`` loads and swaps what these describe.
+
+Publishing a version safely: write it elsewhere on the same filesystem (or in a folder whose name
+starts with a dot, which is never read) and rename it into place; a version folder whose file is
+still changing is skipped until it stands still (poll mode checks this across two scans).
+"""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from edgecnn.serve.errors import ModelNotFound, shown
-from edgecnn.serve.model import Model, load_model
-from edgecnn.serve.settings import ServeSettings
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.json"
+
+
+class RepositoryError(ValueError):
+    """A repository folder or config.json that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,127 @@ class ModelSource:
     path: Path
     name: str | None = None  # None: the name recorded in the file
     version: str | None = None
+
+    def signature(self) -> tuple[int, int, int]:
+        """What changes when the file is replaced or rewritten: inode, size, modification time."""
+        stat = self.path.stat()
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def version_key(version: str) -> tuple[int, int, str]:
+    """Numeric versions order as numbers (2 < 10) and above any non-numeric one."""
+    return (1, int(version), "") if version.isdigit() else (0, 0, version)
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Triton's version_policy: the latest N versions (default 1), all of them, or specific ones."""
+
+    kind: str = "latest"  # latest | all | specific
+    latest: int = 1
+    specific: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> "VersionPolicy":
+        """``{"latest": {"num_versions": 2}}``, ``{"all": {}}`` or ``{"specific": {"versions": [1, 3]}}``."""
+        if not isinstance(value, dict) or len(value) != 1:
+            raise RepositoryError(f"{where}: version_policy is one of {{\"latest\": {{\"num_versions\": N}}}}, "
+                                  "{\"all\": {}} or {\"specific\": {\"versions\": [...]}}")
+        (kind, body), = value.items()
+        body = body or {}
+        if kind == "all":
+            return cls("all")
+        if kind == "latest":
+            count = body.get("num_versions", 1)
+            if not isinstance(count, int) or count < 1:
+                raise RepositoryError(f"{where}: version_policy.latest.num_versions must be an integer >= 1")
+            return cls("latest", latest=count)
+        if kind == "specific":
+            versions = body.get("versions")
+            if not isinstance(versions, list) or not versions:
+                raise RepositoryError(f"{where}: version_policy.specific.versions must be a non-empty list")
+            return cls("specific", specific=tuple(str(v) for v in versions))
+        raise RepositoryError(f"{where}: unknown version_policy {kind!r}; use latest, all or specific")
+
+    def select(self, versions: list[str]) -> list[str]:
+        """The versions to serve out of those on disk, lowest first."""
+        ordered = sorted(versions, key=version_key)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest:]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """NAME/config.json; unset fields take the `edgecnn serve` flags."""
+
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    max_batch_size: int | None = None
+    instances: int | None = None
+    max_queue_delay_us: int | None = None
+    labels: tuple[str, ...] | None = None
+
+    FIELDS = ("version_policy", "max_batch_size", "instances", "max_queue_delay_us", "labels")
+
+    @classmethod
+    def read(cls, folder: Path) -> "ModelConfig":
+        path = folder / CONFIG_FILE
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RepositoryError(f"{path}: not readable JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise RepositoryError(f"{path}: must hold a JSON object")
+        unknown = sorted(set(raw) - set(cls.FIELDS))
+        if unknown:
+            raise RepositoryError(f"{path}: unknown keys {', '.join(unknown)}; known: {', '.join(cls.FIELDS)}")
+        values: dict[str, Any] = {}
+        if "version_policy" in raw:
+            values["version_policy"] = VersionPolicy.from_json(raw["version_policy"], str(path))
+        for key, lowest in (("max_batch_size", 1), ("instances", 0), ("max_queue_delay_us", 0)):
+            if key in raw:
+                if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < lowest:
+                    raise RepositoryError(f"{path}: {key} must be an integer >= {lowest}")
+                values[key] = raw[key]
+        if "labels" in raw:
+            labels = raw["labels"]
+            if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+                raise RepositoryError(f"{path}: labels must be a non-empty list of strings")
+            values["labels"] = tuple(labels)
+        return cls(**values)
+
+    def overrides(self) -> dict[str, int]:
+        """The ServeSettings fields this config sets."""
+        names = ("max_batch_size", "instances", "max_queue_delay_us")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def is_repository(path: Path) -> bool:
+    return Path(path).is_dir()
+
+
+def model_names(root: Path) -> list[str]:
+    """Folders of ``root`` that hold at least one VERSION/model.onnx (hidden folders never count)."""
+    return sorted(p.name for p in Path(root).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and any(_version_files(p)))
+
+
+def version_sources(root: Path, name: str) -> dict[str, ModelSource]:
+    """Every VERSION/model.onnx of model ``name`` (hidden version folders are being written: skipped)."""
+    return {file.parent.name: ModelSource(file, name=name, version=file.parent.name)
+            for file in _version_files(Path(root) / name)}
+
+
+def _version_files(folder: Path):
+    if not folder.is_dir():
+        return
+    for version in sorted(folder.iterdir()):
+        if version.is_dir() and not version.name.startswith(".") and (version / MODEL_FILE).is_file():
+            yield version / MODEL_FILE
 
 
 def find_models(path: Path) -> list[ModelSource]:
@@ -29,70 +159,7 @@ def find_models(path: Path) -> list[ModelSource]:
         return [ModelSource(path)]
     if not path.is_dir():
         raise FileNotFoundError(f"no model file or repository at {path}")
-    sources = [
-        ModelSource(file, name=file.parent.parent.name, version=file.parent.name)
-        for file in sorted(path.glob(f"*/*/{MODEL_FILE}"))
-    ]
+    sources = [source for name in model_names(path) for source in version_sources(path, name).values()]
     if not sources:
         raise FileNotFoundError(f"{path} is a directory but holds no NAME/VERSION/{MODEL_FILE}")
     return sources
-
-
-def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions order as numbers (2 < 10) and above any non-numeric one."""
-    return (1, int(version), "") if version.isdigit() else (0, 0, version)
-
-
-class Repository:
-    """Loaded models by name and version; an empty version means the highest one."""
-
-    def __init__(self, models: list[Model]) -> None:
-        self._models: dict[str, dict[str, Model]] = {}
-        for model in models:
-            versions = self._models.setdefault(model.name, {})
-            if model.version in versions:
-                raise ValueError(f"model {model.name} version {model.version} is loaded twice ({model.path})")
-            versions[model.version] = model
-
-    @classmethod
-    def load(cls, settings: ServeSettings) -> "Repository":
-        models = []
-        for source in find_models(settings.model):
-            model = load_model(source.path, settings, name=source.name, version=source.version)
-            recorded = (model.metadata.name, model.metadata.version)
-            if source.name is not None and recorded != (model.name, model.version):
-                log.warning(
-                    "repository folders name this model differently from its metadata; serving it by its folders",
-                    extra={"model": model.name, "version": model.version, "recorded": list(recorded)},
-                )
-            models.append(model)
-        return cls(models)
-
-    def __iter__(self):
-        for versions in self._models.values():
-            yield from versions.values()
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-    def versions(self, name: str) -> list[str]:
-        return sorted(self._versions_of(name), key=version_key)
-
-    def get(self, name: str, version: str = "") -> Model:
-        """The model ``name`` at ``version``; an empty name selects the only model served."""
-        versions = self._versions_of(name)
-        if not version:
-            return versions[max(versions, key=version_key)]
-        if version not in versions:
-            raise ModelNotFound(
-                f"model {shown(name)} has no version {shown(version)}; versions: {', '.join(self.versions(name))}"
-            )
-        return versions[version]
-
-    def _versions_of(self, name: str) -> dict[str, Model]:
-        if not name and len(self._models) == 1:
-            return next(iter(self._models.values()))
-        if name not in self._models:
-            wanted = f"model {shown(name)} is not served" if name else "a model name is required"
-            raise ModelNotFound(f"{wanted}; models: {', '.join(self.names())}")
-        return self._models[name]

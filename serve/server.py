@@ -35,7 +35,8 @@ from edgecnn.serve.grpc_service import InferenceService, Limits
 from edgecnn.serve.logs import configure_logging
 from edgecnn.serve.memory import IdleTrimmer
 from edgecnn.serve.metrics import MULTIPROC_ENV, Metrics, serve_metrics
-from edgecnn.serve.repository import Repository
+from edgecnn.serve.lifecycle import ModelStore
+from edgecnn.serve.model import Model
 from edgecnn.serve.settings import ServeSettings
 from edgecnn.serve.tls import ServerTls
 
@@ -69,44 +70,51 @@ class InferenceServer:
         # Files a user names are checked before the slow part (loading models), each in one sentence.
         self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls else None
         self._auth = auth.interceptor_for(s)
-        self.repository = Repository.load(s)
         self.metrics = Metrics()
         # At most --instances runs at a time per process, whichever models they are for: each run
         # spans intra_op_threads cores, and more runs side by side would fight over them.
-        run_slots = RunSlots(s.instances_resolved)
+        self._run_slots = RunSlots(s.instances_resolved)
+        self.models = ModelStore(s, self._make_batcher, self.metrics)
         self._decode = ThreadPoolExecutor(s.decode_threads_resolved, thread_name_prefix="decode")
-        self.batchers = {
-            (m.name, m.version): Batcher(
-                m,
-                max_batch_size=s.max_batch_size,
-                max_queue_delay_us=s.max_queue_delay_us,
-                max_queue_size=s.max_queue_size,
-                max_queue_bytes=s.max_queue_bytes,
-                instances=s.instances_resolved,
-                run_slots=run_slots,
-                metrics=self.metrics.for_model(m.name, m.version),
-            )
-            for m in self.repository
-        }
-        limits = Limits(s.max_request_images_resolved, s.max_image_pixels, s.max_decode_backlog_resolved)
-        self.service = InferenceService(
-            self.repository, self.batchers, self.metrics, self._decode, _package_version(), limits
-        )
         try:
+            await self.models.start()
+            limits = Limits(s.max_request_images_resolved, s.max_image_pixels, s.max_decode_backlog_resolved)
+            self.service = InferenceService(self.models, self.metrics, self._decode, _package_version(), limits)
             await self._listen()
         except BaseException:
             await self._close()
             raise
         self._trimmer = IdleTrimmer(lambda: sum(b.runs for b in self.batchers.values()), s.trim_memory_idle_s)
-        for model in self.repository:  # after every model is loaded and timed, so they do not overlap
-            model.open_instance_sessions_in_background(s)
+        self.models.open_deferred_instance_sessions()  # after every model is loaded and timed: no overlap
+        self._poll = asyncio.ensure_future(self.models.poll_forever()) if s.model_control_mode == "poll" else None
+
+    @property
+    def repository(self) -> ModelStore:
+        return self.models
+
+    @property
+    def batchers(self) -> dict[tuple[str, str], Batcher]:
+        return self.models.batchers()
+
+    def _make_batcher(self, model: Model, s: ServeSettings) -> Batcher:
+        """A loaded version's batcher: ``s`` are the server's settings with its config.json applied."""
+        return Batcher(
+            model,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_us=s.max_queue_delay_us,
+            max_queue_size=s.max_queue_size,
+            max_queue_bytes=s.max_queue_bytes,
+            instances=s.instances_resolved,
+            run_slots=self._run_slots,
+            metrics=self.metrics.for_model(model.name, model.version),
+        )
 
     def max_receive_bytes(self) -> int:
         """--max-message-bytes, or what the largest allowed request needs: every image of the largest
         model at the image limit, raw (at least gRPC's usual 4 MiB, room for encoded photos)."""
         if self.settings.max_message_bytes:
             return self.settings.max_message_bytes
-        largest = max(math.prod(m.image_shape) for m in self.repository)
+        largest = max((math.prod(m.image_shape) for m in self.models), default=0)  # those loaded at start
         return max(DERIVED_RECEIVE_FLOOR, largest * self.settings.max_request_images_resolved + MESSAGE_OVERHEAD)
 
     async def _listen(self) -> None:
@@ -159,8 +167,9 @@ class InferenceServer:
             extra={
                 "address": f"{s.host}:{self.port}",
                 "metrics_port": self.metrics_port,
-                "models": [f"{m.name}/{m.version}" for m in self.repository],
-                "provider": next(iter(self.repository)).provider,
+                "models": [f"{m.name}/{m.version}" for m in self.models],
+                "model_control_mode": s.model_control_mode,
+                "provider": next((m.provider for m in self.models), s.provider),
                 "max_batch_size": s.max_batch_size,
                 "max_queue_delay_us": s.max_queue_delay_us,
                 "instances": s.instances_resolved,
@@ -192,6 +201,7 @@ class InferenceServer:
             await asyncio.sleep(drain_delay)
         drain = self.service.drain
         drain.refusing = True
+        started = time.monotonic()
         if grace is None or grace > 0:
             try:
                 await asyncio.wait_for(drain.wait_idle(), timeout=grace)
@@ -199,8 +209,9 @@ class InferenceServer:
                 pass
         if drain.in_flight:
             log.warning("grace ran out with requests in flight", extra={"in_flight": drain.in_flight})
-        stopped = asyncio.ensure_future(self._grpc.stop(0 if grace is None else grace))
-        await asyncio.sleep(0)  # stop() has sent GOAWAY: answer the held calls now
+        left = None if grace is None else max(0.0, grace - (time.monotonic() - started))
+        stopped = asyncio.ensure_future(self._grpc.stop(left))
+        await asyncio.sleep(0)  # the stop task has begun gRPC's shutdown (GOAWAY): answer the held calls now
         drain.release_refused()
         await stopped
         self._grpc = None
@@ -209,11 +220,13 @@ class InferenceServer:
     async def _close(self) -> None:
         """gRPC (when start-up failed half-way), the batchers' compute threads (answering what is still
         queued), the decode threads, metrics."""
+        if getattr(self, "_poll", None) is not None:
+            self._poll.cancel()
         if self._grpc is not None:
             await self._grpc.stop(0)  # also releases a port bound by a server that never started
             self._grpc = None
-        for batcher in getattr(self, "batchers", {}).values():
-            await batcher.stop()
+        if hasattr(self, "models"):
+            await self.models.close()
         if hasattr(self, "_decode"):
             self._decode.shutdown(wait=False, cancel_futures=True)
         if hasattr(self, "_trimmer"):

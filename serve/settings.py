@@ -14,6 +14,8 @@ from typing import Literal, get_args
 
 Provider = Literal["cpu", "cuda", "auto"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
+ModelControlMode = Literal["none", "poll", "explicit"]
+MODEL_CONTROL_MODES: tuple[str, ...] = get_args(ModelControlMode)
 
 
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS (89,478,485) whatever we allow.
@@ -32,6 +34,16 @@ class ServeSettings:
     metrics: bool = _flag(True, "Serve Prometheus metrics over HTTP on --metrics-port.")
     metrics_port: int = _flag(8002, "Prometheus metrics port (0: any free port).")
     provider: Provider = _flag("auto", "onnxruntime execution provider: cpu, cuda, or auto (cuda when available).")
+    model_control_mode: ModelControlMode = _flag(
+        "none",
+        "none: serve the repository as it is at start; poll: rescan it every --repository-poll-s and load new or "
+        "changed versions beside the serving ones, unload removed ones; explicit: load only --load-model at start, "
+        "then what RepositoryModelLoad/Unload ask (the admin scope when tokens are on).",
+    )
+    repository_poll_s: float = _flag(15.0, "Seconds between repository scans with --model-control-mode poll.")
+    load_model: tuple[str, ...] | None = _flag(
+        None, "A model to load at start with --model-control-mode explicit (repeatable)."
+    )
     max_batch_size: int = _flag(64, "Most images the dynamic batcher merges into one onnxruntime run.")
     max_queue_delay_us: int = _flag(
         100,
@@ -151,6 +163,14 @@ class ServeSettings:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(f"--model-control-mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                             f"got {self.model_control_mode!r}")
+        object.__setattr__(self, "load_model", tuple(self.load_model or ()))
+        if self.load_model and self.model_control_mode != "explicit":
+            raise ValueError("--load-model goes with --model-control-mode explicit")
+        if self.repository_poll_s <= 0:
+            raise ValueError(f"--repository-poll-s must be > 0, got {self.repository_poll_s}")
         for name in ("max_batch_size", "max_queue_size", "workers", "inter_op_threads", "gil_switch_interval_us",
                      "max_image_pixels", "max_queue_bytes", "max_concurrent_rpcs", "max_concurrent_streams", "max_metadata_bytes"):
             if getattr(self, name) < 1:

@@ -31,10 +31,11 @@ from tests.serve.support import settings_for
 from tests.tiny_models import random_images
 
 ALL_TOKEN = "all-scopes-Xq8vN2mWc1pXr7sLd9"
-TOKEN_OF = {"inference": "inference-Zb5tQ1nE8uYh3aKf6o", "metadata": "metadata-Hs4Lx9cR1vTe7nBq2kW"}
+TOKEN_OF = {"inference": "inference-Zb5tQ1nE8uYh3aKf6o", "metadata": "metadata-Hs4Lx9cR1vTe7nBq2kW",
+            "admin": "admin-Kd3Rw8qTz5Lm2Vx9Np4Bc7"}
 UNKNOWN_TOKEN = "unknown-Pw2jGm7yVt2mWc1pXr7s"
 EVERY_TOKEN = (ALL_TOKEN, *TOKEN_OF.values(), UNKNOWN_TOKEN)
-OTHER_SCOPE = {"inference": "metadata", "metadata": "inference"}
+OTHER_SCOPE = {"inference": "metadata", "metadata": "inference", "admin": "metadata"}
 
 OK = grpc.StatusCode.OK
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -311,6 +312,22 @@ def reflection_list(channel, metadata):
     assert "inference.GRPCInferenceService" in services
 
 
+def repository_index(channel, metadata):
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=metadata, timeout=TIMEOUT)
+    assert ("tiny", "READY") in {(m.name, m.state) for m in index.models}
+
+
+def repository_load(channel, metadata):
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="spare"), metadata=metadata, timeout=TIMEOUT)
+
+
+def repository_unload(channel, metadata):
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="spare"), metadata=metadata, timeout=TIMEOUT)
+
+
 # name -> (call, scope it needs; None: open health)
 OIP_CALLS = {
     "ServerLive": (server_live, None),
@@ -319,6 +336,9 @@ OIP_CALLS = {
     "ServerMetadata": (server_metadata, "metadata"),
     "ModelMetadata": (model_metadata, "metadata"),
     "ModelInfer": (model_infer, "inference"),
+    "RepositoryIndex": (repository_index, "metadata"),
+    "RepositoryModelLoad": (repository_load, "admin"),
+    "RepositoryModelUnload": (repository_unload, "admin"),
 }
 HEALTH_CALLS = {
     "ServerLive": (server_live, None),
@@ -371,8 +391,15 @@ def token_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def auth_channel(tiny_model, token_file):
-    running = start_server(settings_for(tiny_model, auth_token_file=token_file, reflection=True))
+def auth_channel(tiny_model, token_file, tmp_path_factory):
+    """An explicit-control repository: `tiny` loaded at start, `spare` for the load/unload calls."""
+    repository = tmp_path_factory.mktemp("auth-repository")
+    for name in ("tiny", "spare"):
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "1" / "model.onnx").write_bytes(tiny_model.read_bytes())
+    settings = settings_for(repository, auth_token_file=token_file, reflection=True, model_control_mode="explicit",
+                            load_model=("tiny",))
+    running = start_server(settings)
     try:
         with grpc.insecure_channel(running.address) as channel:
             yield channel

@@ -256,7 +256,8 @@ def perturbed_requests(draw) -> pb.ModelInferRequest:
         "input name": lambda: _set(tensor, "name", draw(names)),
         "datatype": lambda: _set(tensor, "datatype", draw(st.sampled_from(DATATYPES + JUNK_DATATYPES))),
         "shape": lambda: (tensor.ClearField("shape"), tensor.shape.extend(draw(shapes))),
-        "one dim": lambda: tensor.shape.__setitem__(draw(st.integers(0, len(tensor.shape) - 1)), draw(dims)),
+        "one dim": lambda: tensor.shape.__setitem__(draw(st.integers(0, len(tensor.shape) - 1)), draw(dims))
+        if tensor.shape else tensor.shape.append(draw(dims)),  # an earlier change may have left no dims
         "tensor parameters": lambda: [tensor.parameters[k].CopyFrom(v) for k, v in draw(parameter_maps).items()],
         "typed contents": lambda: tensor.contents.CopyFrom(draw(contents)),
         "raw contents": lambda: (request.ClearField("raw_input_contents"),

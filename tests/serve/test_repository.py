@@ -24,6 +24,7 @@ def repository(tmp_path_factory):
             path = root / name / version / "model.onnx"
             write_tiny_model(path, name="exported", version="0", seed=seed * 100 + int(version))
     (root / "notes").mkdir()
+    (root / "digits" / "config.json").write_text('{"version_policy": {"all": {}}}')  # the default serves the latest
     return root
 
 
@@ -45,6 +46,17 @@ def test_find_models_reads_name_and_version_from_folders(repository):
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="NAME/VERSION/model.onnx"):
         find_models(tmp_path)
+
+
+def test_by_default_only_the_latest_version_is_served(repository):
+    with start_server(settings_for(repository, metrics=False, model_control_mode="none")) as server:
+        assert server.server.models.versions("digits") == ["1", "2", "10"]  # config.json: all
+    (repository / "digits" / "config.json").rename(repository / "digits" / "config.off")
+    try:
+        with start_server(settings_for(repository, metrics=False)) as server:
+            assert server.server.models.versions("digits") == ["10"]
+    finally:
+        (repository / "digits" / "config.off").rename(repository / "digits" / "config.json")
 
 
 def test_metadata_lists_versions_and_the_empty_version_is_the_highest(client):
