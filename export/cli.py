@@ -1,6 +1,10 @@
-"""`edgecnn export`: a trainer run directory -> self-describing ONNX models (fp32 + variants) and a report.
+"""`edgecnn export`: a trainer run directory, or any ONNX image classifier (import), -> self-describing ONNX
+models (fp32 + variants) and a report.
 
-Torch-free at import: torch loads inside the command. Option defaults come from ExportSettings.
+The SOURCE argument decides: a folder is a run directory (export.exporter), a file is an ONNX
+classifier to import (export.importer). Both end in the same pipeline (export.pipeline).
+Torch-free at import: torch loads inside the command, and only for a run directory. Option
+defaults come from ExportSettings and ImportSettings.
 """
 
 from __future__ import annotations
@@ -10,10 +14,24 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from edgecnn.export.settings import CALIBRATION_METHODS, VARIANTS, ExportError, ExportSettings
+from edgecnn.export.settings import (
+    CALIBRATION_METHODS,
+    CHANNEL_ORDERS,
+    LAYOUTS,
+    SOFTMAX_MODES,
+    VARIANTS,
+    ExportError,
+    ExportSettings,
+    ImportSettings,
+    parse_image_size,
+    parse_numbers,
+    parse_scale,
+)
 
 DEFAULTS = ExportSettings()
+IMPORT_DEFAULTS = ImportSettings()
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -29,41 +47,126 @@ def _names(text: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def is_onnx_file(source: Path) -> bool:
+    """A file (or a path ending in .onnx) is an ONNX classifier to import; anything else a run directory."""
+    return source.is_file() or (source.suffix.lower() == ".onnx" and not source.is_dir())
+
+
 def export_command(
-    run_dir: Path = typer.Argument(..., help="Run directory written by `edgecnn train`."),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for model.onnx, its variants, report.json and report.md."),
-    quantize: str = typer.Option(
-        ",".join(DEFAULTS.quantize),
-        help=f"Variants besides fp32, comma-separated: {', '.join(VARIANTS)}, or none. int8 is the fast CPU path; "
-        "fp16 is for CUDA; dynamic quantisation is slow for convolutions (ConvInteger) and only there to compare.",
+    source: Path = typer.Argument(
+        ...,
+        help="Run directory written by `edgecnn train`, or an ONNX image classifier file (MODEL.onnx) to import.",
     ),
-    opset: int = typer.Option(DEFAULTS.opset, help="ONNX opset to export to."),
-    calibration_size: int = typer.Option(DEFAULTS.calibration_size, help="Training images the int8 calibration sees."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for model.onnx, its variants, report.json and report.md."),
+    quantize: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help=f"Variants besides fp32, comma-separated: {', '.join(VARIANTS)}, or none. int8 is the fast CPU path; "
+        "fp16 is for CUDA; dynamic quantisation is slow for convolutions (ConvInteger) and only there to compare. "
+        f"Default: {','.join(DEFAULTS.quantize)} for a run directory; for an import, int8 with --calibration-data, "
+        "else none.",
+    ),
+    opset: int = typer.Option(DEFAULTS.opset, help="ONNX opset to export a run to (an import keeps the model's own opset)."),
+    calibration_size: int = typer.Option(
+        DEFAULTS.calibration_size, help="Images the int8 calibration sees (training images, or --calibration-data's)."
+    ),
     calibration_method: str = typer.Option(
         DEFAULTS.calibration_method, help=f"int8 calibration: {', '.join(CALIBRATION_METHODS)}."
     ),
     max_accuracy_drop: float = typer.Option(
         DEFAULTS.max_accuracy_drop,
-        help="A variant losing more test accuracy than this fraction vs PyTorch fails (0.005 = half a point).",
+        help="A variant losing more accuracy than this fraction vs its reference (PyTorch, or the imported "
+        "model) fails (0.005 = half a point).",
     ),
     name: Optional[str] = typer.Option(
-        DEFAULTS.name, help="Model name in the metadata (default: the architecture); variants get -int8, -fp16, -dynamic."
+        DEFAULTS.name,
+        help="Model name in the metadata (default: the architecture, or the imported file's name); "
+        "variants get -int8, -fp16, -dynamic.",
     ),
     version: str = typer.Option(DEFAULTS.version, help="Model version in the metadata."),
     int8_recipes: str = typer.Option(
         ",".join(DEFAULTS.int8_recipes), help="int8 recipes to try, comma-separated (default: all of them)."
     ),
     evaluation_size: Optional[int] = typer.Option(
-        DEFAULTS.evaluation_size, help="Test images to evaluate on (default: the whole test split)."
+        DEFAULTS.evaluation_size,
+        help="Images to evaluate on (default: the whole test split, or every held-out --calibration-data image).",
     ),
     threads: int = typer.Option(DEFAULTS.threads, help="onnxruntime intra-op threads for evaluation and timing (0: its default)."),
     latency_batch: int = typer.Option(DEFAULTS.latency_batch, help="Batch size of the latency figure."),
     throughput_batch: int = typer.Option(DEFAULTS.throughput_batch, help="Batch size of the throughput figure."),
     timing_rounds: int = typer.Option(DEFAULTS.timing_rounds, help="Interleaved timing windows per model and batch size."),
+    # --- importing an ONNX classifier (SOURCE is a file) ---
+    labels: Optional[Path] = typer.Option(
+        None, show_default=False, help="Import: a text file of class labels, one per line, in class-index order."
+    ),
+    labels_key: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: read the labels from this key of the model's own metadata_props (a JSON list, a JSON "
+        'dict {"0": "cat", ...}, or comma- or newline-separated). Without --labels or --labels-key the labels '
+        "are 0..K-1.",
+    ),
+    scale: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: multiplies the uint8 pixels before mean and std (a number or a fraction; default 1/255).",
+    ),
+    mean: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: subtracted after --scale, one value per channel in the model's channel order, e.g. "
+        "0.485,0.456,0.406 (one value for a gray model; default 0).",
+    ),
+    std: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: divides after --mean, one value per channel in the model's channel order, e.g. "
+        "0.229,0.224,0.225 (default 1).",
+    ),
+    channel_order: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help=f"Import: the channel order the model expects, {' or '.join(CHANNEL_ORDERS)} (default "
+        f"{IMPORT_DEFAULTS.channel_order}). Clients always send RGB (or gray); bgr reverses the channels inside the graph.",
+    ),
+    layout: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help=f"Import: the model's input layout, {' or '.join(LAYOUTS)}; read from the graph when one of axes 1 "
+        "and 3 holds 1 or 3 channels, else required.",
+    ),
+    image_size: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: HEIGHTxWIDTH the model takes, e.g. 224x224; read from the graph, required when it leaves "
+        "height and width dynamic. Clients' images are resized to it.",
+    ),
+    input_name: Optional[str] = typer.Option(
+        None, show_default=False, help="Import: the graph's image input, when it has several inputs."
+    ),
+    output_name: Optional[str] = typer.Option(
+        None, show_default=False, help="Import: the graph output holding the class scores, when it has several outputs."
+    ),
+    softmax: Optional[str] = typer.Option(
+        None,
+        show_default=False,
+        help=f"Import: {'|'.join(SOFTMAX_MODES)} (default {IMPORT_DEFAULTS.softmax}). auto adds a Softmax for "
+        "`probabilities` unless the graph's output already is one (then `logits` are its input, or the log of "
+        "the probabilities); yes always adds one; no takes the output as probabilities.",
+    ),
+    calibration_data: Optional[Path] = typer.Option(
+        None,
+        show_default=False,
+        help="Import: a folder of PNG/JPEG images (sub-folders allowed). Every 5th is held out to check the "
+        "exported models against the original (true accuracy when the sub-folders are named as the labels, "
+        "else top-1 agreement); the rest calibrate int8, which needs this folder. Without it, parity is "
+        "checked on 64 random images.",
+    ),
 ) -> None:
-    """Export a trained run to ONNX (uint8 NHWC in, logits and probabilities out), quantise, check and time it."""
-    settings = ExportSettings(
-        quantize=_names(quantize),
+    """Export a trained run, or import any ONNX image classifier, to ONNX (uint8 NHWC in, logits and
+    probabilities out, preprocessing inside), quantise, check and time it."""
+    log = lambda line: stderr.print(line, style="dim", highlight=False, markup=False)  # noqa: E731
+    common = dict(
         opset=opset,
         calibration_size=calibration_size,
         calibration_method=calibration_method,
@@ -77,18 +180,51 @@ def export_command(
         throughput_batch=throughput_batch,
         timing_rounds=timing_rounds,
     )
-    from edgecnn.export.exporter import export_run
+    import_flags = {
+        "--labels": labels, "--labels-key": labels_key, "--scale": scale, "--mean": mean, "--std": std,
+        "--channel-order": channel_order, "--layout": layout, "--image-size": image_size,
+        "--input-name": input_name, "--output-name": output_name, "--softmax": softmax,
+        "--calibration-data": calibration_data,
+    }
+    try:
+        if is_onnx_file(source):
+            settings = ImportSettings(
+                **common,
+                quantize=_names(quantize) if quantize is not None else (("int8",) if calibration_data else ()),
+                labels_file=str(labels) if labels is not None else None,
+                labels_key=labels_key,
+                scale=parse_scale(scale) if scale is not None else IMPORT_DEFAULTS.scale,
+                mean=parse_numbers("--mean", mean) if mean is not None else (),
+                std=parse_numbers("--std", std) if std is not None else (),
+                channel_order=(channel_order or IMPORT_DEFAULTS.channel_order).lower(),
+                layout=layout.lower() if layout is not None else None,
+                image_size=parse_image_size(image_size) if image_size is not None else None,
+                input_name=input_name,
+                output_name=output_name,
+                softmax=(softmax or IMPORT_DEFAULTS.softmax).lower(),
+                calibration_data=str(calibration_data) if calibration_data is not None else None,
+            )
+            from edgecnn.export.importer import import_onnx
+
+            report = import_onnx(source, output, settings, log=log)
+        else:
+            given = [flag for flag, value in import_flags.items() if value is not None]
+            if given:
+                verb = "is an option" if len(given) == 1 else "are options"
+                raise ExportError(f"{', '.join(given)} {verb} for importing an ONNX file, and {source} is not a file")
+            settings = ExportSettings(**common, quantize=_names(quantize) if quantize is not None else DEFAULTS.quantize)
+            from edgecnn.export.exporter import export_run
+
+            report = export_run(source, output, settings, log=log)
+    except ExportError as exc:
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     from edgecnn.export.report import print_report
 
-    try:
-        report = export_run(run_dir, output, settings, log=lambda line: stderr.print(line, style="dim", highlight=False))
-    except ExportError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
     print_report(report, stdout)
     failed = [v for v in report.variants if not v.ok]
     if failed:
         for v in failed:
-            stderr.print(f"[bold red]error:[/] {v.variant} failed: {v.message}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {v.variant} failed: {escape(v.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    stdout.print(f"wrote {', '.join(v.file for v in report.variants)} and the report to {output}", highlight=False)
+    stdout.print(f"wrote {', '.join(v.file for v in report.variants)} and the report to {output}", highlight=False, markup=False)

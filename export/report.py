@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgecnn.train.files import atomic_write_text
 
@@ -23,9 +24,9 @@ class VariantResult:
     model_name: str  # the name recorded in the file's metadata
     size_bytes: int
     accuracy: float
-    accuracy_change: float  # vs PyTorch, in accuracy fraction (-0.002 = lost 0.2 points)
-    max_abs_logit_diff: float  # vs PyTorch on the same test images
-    top1_agreement: float  # vs PyTorch
+    accuracy_change: float  # vs the reference (PyTorch, or the imported model), in accuracy fraction (-0.002 = 0.2 points)
+    max_abs_logit_diff: float  # vs the reference on the same images
+    top1_agreement: float  # vs the reference
     latency_ms: float
     throughput_ips: float
     status: str  # ok | failed
@@ -59,21 +60,25 @@ class RecipeResult:
 
 @dataclass
 class ExportReport:
-    run_dir: str
+    run_dir: str  # the source: a run directory, or the imported ONNX file
     out_dir: str
     model_name: str
     architecture: str
     version: str
-    test_set: str
+    test_set: str  # the images accuracy and parity are measured on, in words
     test_images: int
-    pytorch_accuracy: float
-    normalisation_fold: str
+    pytorch_accuracy: float  # the reference's accuracy on them (PyTorch's, or the imported model's)
+    normalisation_fold: str  # the preprocessing inside the graph, in words
     machine: dict[str, Any]
     settings: dict[str, Any]
     variants: list[VariantResult] = field(default_factory=list)
     recipes: list[RecipeResult] = field(default_factory=list)
     chosen_recipe: str = ""
     recipe_choice: str = ""  # why the chosen recipe won (or why none did)
+    source: str = "run"  # run | onnx (an imported classifier)
+    reference: str = "PyTorch"  # what every variant is compared with
+    accuracy_basis: str = ""  # what "accuracy" means here, when it is not plain test accuracy
+    notes: list[str] = field(default_factory=list)  # an import: how the graph was wrapped, label source, opset
 
     @property
     def ok(self) -> bool:
@@ -89,9 +94,9 @@ class ExportReport:
 
 def print_report(report: ExportReport, console: Console) -> None:
     s = report.settings
-    table = Table(title=f"{report.model_name} v{report.version}: PyTorch test accuracy {report.pytorch_accuracy:.4f}")
+    table = Table(title=Text(f"{report.model_name} v{report.version}: {_reference_accuracy(report)}"))
     table.add_column("variant")
-    for column in ("size", "accuracy", "vs PyTorch", f"ms @{s['latency_batch']}", f"img/s @{s['throughput_batch']}"):
+    for column in ("size", "accuracy", f"vs {report.reference}", f"ms @{s['latency_batch']}", f"img/s @{s['throughput_batch']}"):
         table.add_column(column, justify="right")
     table.add_column("status")
     for v in report.variants:
@@ -105,30 +110,38 @@ def print_report(report: ExportReport, console: Console) -> None:
             "[green]ok[/]" if v.ok else "[red]FAILED[/]",
         )
     console.print(table)
+    for note in report.notes:
+        console.print(note, highlight=False, markup=False)
+    if report.accuracy_basis:
+        console.print(f"accuracy: {report.accuracy_basis}", highlight=False, markup=False)
     for v in report.variants:
         if v.message:
-            console.print(f"{v.variant}{f' ({v.recipe})' if v.recipe else ''}: {v.message}", highlight=False)
+            console.print(f"{v.variant}{f' ({v.recipe})' if v.recipe else ''}: {v.message}", highlight=False, markup=False)
     if report.recipe_choice:
-        console.print(f"int8 recipe: {report.recipe_choice}", highlight=False)
+        console.print(f"int8 recipe: {report.recipe_choice}", highlight=False, markup=False)
 
 
 def to_markdown(report: ExportReport) -> str:
     s = report.settings
+    source = "Source run" if report.source == "run" else "Imported from"
     lines = [
         f"# Export of {report.model_name} v{report.version} ({report.architecture})",
         "",
-        f"- Source run: `{report.run_dir}`",
-        f"- Test set: {report.test_set} ({report.test_images} images); PyTorch accuracy {report.pytorch_accuracy:.4f}",
+        f"- {source}: `{report.run_dir}`",
+        f"- Test set: {report.test_set} ({report.test_images} images); "
+        f"{'PyTorch accuracy' if report.source == 'run' else f'accuracy of {report.reference}'} {report.pytorch_accuracy:.4f}",
+        *([f"- Accuracy here: {report.accuracy_basis}"] if report.accuracy_basis else []),
         f"- Normalisation in the graph: {report.normalisation_fold}",
+        *[f"- {note}" for note in report.notes],
         f"- Machine: {report.machine['cpu']}; {report.machine['vnni']}; onnxruntime {report.machine['onnxruntime']}, "
         f"intra-op threads {report.machine['threads']}",
         f"- Timing: in-process onnxruntime CPU, all variants interleaved, {s['timing_rounds']} rounds, medians; "
         f"latency at batch {s['latency_batch']}, throughput at batch {s['throughput_batch']}",
-        f"- Accuracy bound: a variant may lose at most {s['max_accuracy_drop'] * 100:.2f} points vs PyTorch",
+        f"- Accuracy bound: a variant may lose at most {s['max_accuracy_drop'] * 100:.2f} points vs {report.reference}",
         "",
         "## Variants",
         "",
-        "| variant | file | size | accuracy | vs PyTorch | max abs logit diff | top-1 agreement "
+        f"| variant | file | size | accuracy | vs {report.reference} | max abs logit diff | top-1 agreement "
         f"| latency ms (b={s['latency_batch']}) | images/s (b={s['throughput_batch']}) | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -147,7 +160,7 @@ def to_markdown(report: ExportReport) -> str:
             "",
             "## int8 recipes tried",
             "",
-            f"| recipe | size | accuracy | vs PyTorch | latency ms | images/s | speedup b={s['latency_batch']} "
+            f"| recipe | size | accuracy | vs {report.reference} | latency ms | images/s | speedup b={s['latency_batch']} "
             f"| speedup b={s['throughput_batch']} | within bound | what it tests |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
@@ -163,6 +176,12 @@ def to_markdown(report: ExportReport) -> str:
             )
         lines += ["", report.recipe_choice]
     return "\n".join(lines) + "\n"
+
+
+def _reference_accuracy(report: ExportReport) -> str:
+    if report.source == "run":
+        return f"{report.reference} test accuracy {report.pytorch_accuracy:.4f}"
+    return f"imported; {report.reference} model scores {report.pytorch_accuracy:.4f} on {report.test_images} {report.test_set}"
 
 
 def _size(size_bytes: int) -> str:

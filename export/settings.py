@@ -5,6 +5,7 @@ Torch-free, so `edgecnn export --help` is instant.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +15,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MIN_OPSET = 18  # the torch.onnx dynamo exporter's floor
 MAX_OPSET = 21  # newest opset onnxruntime >= 1.18 (the serve extra's floor) runs and quantises
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+CHANNEL_ORDERS = ("rgb", "bgr")
+LAYOUTS = ("nchw", "nhwc")
+SOFTMAX_MODES = ("auto", "yes", "no")
 
 
 class ExportError(Exception):
@@ -69,3 +73,85 @@ class ExportSettings:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImportSettings(ExportSettings):
+    """`edgecnn export MODEL.onnx`: everything an export takes, plus how to read a foreign classifier.
+
+    The preprocessing the wrapped graph applies to the wire's uint8 RGB (or gray) pixels, per channel
+    in the model's own channel order: ``(pixels * scale - mean) / std``.
+    """
+
+    quantize: tuple[str, ...] = ()  # int8 needs calibration_data; the CLI asks for int8 when a folder is given
+    labels_file: str | None = None  # one label per line
+    labels_key: str | None = None  # a key of the model's own metadata_props holding the labels
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = ()  # () = 0 for every channel
+    std: tuple[float, ...] = ()  # () = 1 for every channel
+    channel_order: str = "rgb"  # what the model expects; the wire is always RGB (or gray)
+    layout: str | None = None  # nchw | nhwc; None = read from the graph
+    image_size: tuple[int, int] | None = None  # (height, width); None = read from the graph
+    input_name: str | None = None  # the graph's image input, when it has several inputs
+    output_name: str | None = None  # the graph's class scores, when it has several outputs
+    softmax: str = "auto"  # auto | yes | no: whether the graph's output still needs a Softmax
+    calibration_data: str | None = None  # folder of PNG/JPEG images: int8 calibration and held-out evaluation
+
+    def check(self) -> None:
+        super().check()
+        if self.labels_file is not None and self.labels_key is not None:
+            raise ExportError("give --labels FILE or --labels-key KEY, not both")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ExportError(f"--scale must be a positive number (1/255 = {1 / 255:.6f} maps 255 to 1), not {self.scale}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ExportError(f"--mean takes finite numbers, not {_numbers(self.mean)}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ExportError(f"--std takes positive numbers (they divide), not {_numbers(self.std)}")
+        choices = {"--channel-order": (self.channel_order, CHANNEL_ORDERS), "--softmax": (self.softmax, SOFTMAX_MODES)}
+        if self.layout is not None:
+            choices["--layout"] = (self.layout, LAYOUTS)
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ExportError(f"{flag} takes {' or '.join(allowed)}, not {value!r}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise ExportError(f"--image-size takes a positive HEIGHTxWIDTH, not {self.image_size[0]}x{self.image_size[1]}")
+        if "int8" in self.quantize and self.calibration_data is None:
+            raise ExportError(
+                "--quantize int8 needs --calibration-data FOLDER (PNG/JPEG images to calibrate on and to check "
+                "the int8 model against the original with)"
+            )
+
+
+def parse_numbers(flag: str, text: str) -> tuple[float, ...]:
+    """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406); ExportError naming ``flag`` otherwise."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        return tuple(float(part) for part in parts)
+    except ValueError:
+        raise ExportError(f"{flag} takes comma-separated numbers such as 0.485,0.456,0.406, not {text!r}") from None
+
+
+def parse_scale(text: str) -> float:
+    """A number or a fraction: '0.00392', '1/255'."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        value = float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ExportError(f"--scale takes a number or a fraction such as 1/255, not {text!r}") from None
+    return value
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'224x224' or '224' -> (height, width)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2):
+        raise ExportError(f"--image-size takes HEIGHTxWIDTH such as 224x224, not {text!r}")
+    return (sizes[0], sizes[-1])
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)

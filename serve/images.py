@@ -68,8 +68,8 @@ def decode_image(
     except Image.DecompressionBombError as exc:  # Pillow's own limit, met inside Image.open
         raise ImageDecodeError(f"image is over the limit of {max_pixels:,} pixels (--max-image-pixels)") from exc
     except UnidentifiedImageError as exc:
-        accepted = " or ".join(formats) if formats else "image format Pillow reads"
-        raise ImageDecodeError(f"not a {accepted} image ({len(data)} bytes)") from exc
+        accepted = f"a {' or '.join(formats)} image" if formats else "an image Pillow reads"
+        raise ImageDecodeError(f"not {accepted} ({len(data)} bytes)") from exc
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoder failure is the input's fault
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
 
