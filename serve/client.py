@@ -3,6 +3,12 @@
     with InferenceClient("localhost:8001") as client:
         result = client.infer("mnist", images, top_k=3)      # images: uint8 [n, H, W, C] or encoded bytes
         result.top_k[0][0].label, result.outputs, result.parameters["compute_us"]
+
+Several replicas: ``InferenceClient("10.0.0.1:8001,10.0.0.2:8001")`` or ``"dns:///models.svc:8001"``
+(every address the name resolves to). gRPC itself then balances calls round robin over the replicas
+its health checks report SERVING, retries calls refused UNAVAILABLE (a draining or killed replica),
+and keepalive pings notice a silent one; ``infer`` also resends a call that a hung replica holds past
+``attempt_timeout`` to another one, inside the caller's deadline (inference is idempotent).
 """
 
 from __future__ import annotations
@@ -10,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import json
+import socket
+import time
 
 import grpc
 import numpy as np
@@ -33,6 +43,73 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
 ]
+
+# The plain gRPC service config behind failover (README: the same for tritonclient, Go, Java):
+# round robin over replicas whose grpc.health.v1 status for the inference service is SERVING, and
+# up to 5 attempts of a call refused UNAVAILABLE. gRPC retries only calls no replica answered yet.
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+FAILOVER_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": INFERENCE_SERVICE},
+    "methodConfig": [{
+        "name": [{"service": INFERENCE_SERVICE}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
+FAILOVER_OPTIONS = [
+    ("grpc.service_config", json.dumps(FAILOVER_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    # A replica that stops answering (hung, or a network partition) is dropped within about 3 s of
+    # calls in flight; pings only while calls are, which servers allow (Triton's default policy too).
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+ATTEMPT_TIMEOUT_S = 2.0  # default per-attempt timeout of infer() when there are several replicas
+
+
+def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
+    """The gRPC target and the options for ``address``: one HOST:PORT, several comma-separated, or a
+    resolver URI (``dns:///``, ``ipv4:``); several replicas get the failover options."""
+    if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
+        return address, FAILOVER_OPTIONS if _several(address) else []
+    hosts = [part.strip() for part in address.split(",") if part.strip()]
+    if len(hosts) == 1:
+        return hosts[0], []
+    # gRPC's static list resolvers take addresses, not names: resolve each name once, here.
+    resolved = [_resolve(host) for host in hosts]
+    family = "ipv6" if any(":" in ip.rsplit(":", 1)[0] for ip in resolved) else "ipv4"
+    options = list(FAILOVER_OPTIONS)
+    name = hosts[0].rsplit(":", 1)[0].strip("[]")
+    options.append(("grpc.ssl_target_name_override", name))  # TLS checks the name the user gave
+    return f"{family}:{','.join(resolved)}", options
+
+
+def is_failover(address: str) -> bool:
+    return _several(address) or "," in address
+
+
+def _several(address: str) -> bool:
+    return address.startswith("dns:") or "," in address
+
+
+def _resolve(host_port: str) -> str:
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{host_port!r} is not HOST:PORT")
+    try:
+        info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    ip = next((i[4][0] for i in info if i[0] == socket.AF_INET), info[0][4][0])
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 @dataclass(frozen=True)
@@ -68,14 +145,17 @@ class ChannelSecurity:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def channel(self, address: str, *, aio: bool = False, options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS):
-        """A channel to ``address`` with these credentials (grpc.aio's with ``aio``)."""
+        """A channel to ``address`` (one HOST:PORT, several comma-separated, or ``dns:///NAME:PORT``)
+        with these credentials (grpc.aio's with ``aio``)."""
         module = grpc.aio if aio else grpc
+        target, extra = channel_target(address)
+        options = [*options, *extra]
         if not (self.tls or self.tls_ca or self.tls_cert):
-            return module.insecure_channel(address, options=list(options))
+            return module.insecure_channel(target, options=options)
         from edgecnn.serve.tls import client_credentials
 
         credentials = client_credentials(self.tls_ca, self.tls_cert, self.tls_key)
-        return module.secure_channel(address, credentials, options=list(options))
+        return module.secure_channel(target, credentials, options=options)
 
 
 PLAINTEXT = ChannelSecurity()
@@ -91,9 +171,14 @@ class InferResult:
 
 
 class InferenceClient:
-    def __init__(self, address: str, *, timeout: float | None = 30.0, security: ChannelSecurity = PLAINTEXT) -> None:
+    def __init__(self, address: str, *, timeout: float | None = 30.0, security: ChannelSecurity = PLAINTEXT,
+                 attempt_timeout: float | None = None) -> None:
+        """``attempt_timeout``: how long one attempt of ``infer`` may take before it is resent (to another
+        replica, round robin); default ATTEMPT_TIMEOUT_S with several replicas, off with one."""
         self.address = address
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout if attempt_timeout is not None else (
+            ATTEMPT_TIMEOUT_S if is_failover(address) else None)
         self.channel = security.channel(address)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._metadata = security.metadata
@@ -135,7 +220,7 @@ class InferenceClient:
         """
         build = images_request if isinstance(images, np.ndarray) else encoded_images_request
         request = build(model, images, version=version, top_k=top_k, outputs=outputs)
-        response = self._call("ModelInfer", request, timeout)
+        response = self._infer_with_attempts(request, timeout if timeout is not None else self.timeout)
         arrays = response_arrays(response)
         classified = arrays.pop(PROBABILITIES) if top_k is not None else None
         return InferResult(
@@ -145,6 +230,20 @@ class InferenceClient:
             top_k=parse_classifications(classified) if classified is not None else None,
             parameters=response_parameters(response),
         )
+
+    def _infer_with_attempts(self, request: pb.ModelInferRequest, timeout: float | None) -> pb.ModelInferResponse:
+        """ModelInfer, resent when an attempt outlasts ``attempt_timeout`` (a hung replica), until the deadline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            attempt = remaining if self.attempt_timeout is None else min(
+                self.attempt_timeout, remaining if remaining is not None else self.attempt_timeout)
+            try:
+                return self._call("ModelInfer", request, attempt)
+            except grpc.RpcError as error:
+                out_of_time = remaining is not None and attempt >= remaining
+                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED or self.attempt_timeout is None or out_of_time:
+                    raise
 
     def close(self) -> None:
         self.channel.close()

@@ -82,6 +82,8 @@ class ModelStore:
         self._retiring: set[asyncio.Task] = set()
         self._deferred: list[tuple[Model, ServeSettings]] | None = []  # instance sessions to open after start
         self.repository = settings.model if settings.model.is_dir() else None
+        # Told when a model starts or stops serving (the server keeps per-model health with it).
+        self.on_serving_changed: Callable[[str, bool], None] = lambda name, serving: None
 
     # --- the request path (event loop, no lock) ---------------------------------------------
 
@@ -324,12 +326,15 @@ class ModelStore:
 
     def _publish(self, name: str, versions: dict[str, Served]) -> None:
         """One assignment per dict: a request sees the old set or the new one, never half of either."""
+        was_serving = name in self._served
         if versions:
             self._served[name] = versions
             self._latest[name] = versions[max(versions, key=version_key)]
         else:
             self._served.pop(name, None)
             self._latest.pop(name, None)
+        if was_serving != bool(versions):
+            self.on_serving_changed(name, bool(versions))
         self._metrics.models_loaded.set(sum(len(v) for v in self._served.values()))
 
     def _index_model(self, name: str, state: str, reason: str) -> None:

@@ -151,7 +151,9 @@ class InferenceServer:
                 "(choose another --port or --host)"
             ) from None
         await self._grpc.start()
-        await self._health.set_all(["", INFERENCE_SERVICE], health.SERVING)
+        # Health for the server ("", the inference service) and for each model by its name.
+        await self._health.set_all(["", INFERENCE_SERVICE, *self.models.names()], health.SERVING)
+        self.models.on_serving_changed = self._model_health
         self.service.ready = True
         self._log_serving()
 
@@ -186,6 +188,10 @@ class InferenceServer:
                 "(--tls-cert/--tls-key, --auth-token-file, or --host 127.0.0.1)",
                 extra={"address": f"{s.host}:{self.port}"},
             )
+
+    def _model_health(self, name: str, serving: bool) -> None:
+        if self.service.ready:  # once draining, everything stays NOT_SERVING
+            asyncio.ensure_future(self._health.set_all([name], health.SERVING if serving else health.NOT_SERVING))
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read the certificate files; new connections get them, open ones stay."""

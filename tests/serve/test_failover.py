@@ -1,0 +1,116 @@
+"""Three `edgecnn serve` replicas on 127.0.0.2-4 behind our client (gRPC's round robin, health
+checking, retries on UNAVAILABLE, a per-attempt timeout): one drained (SIGTERM), one killed
+(SIGKILL) and one hung (SIGSTOP) in turn under load, and no request fails."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgecnn.serve.client import InferenceClient, channel_target
+from tests.serve.test_process import ServeProcess
+from tests.tiny_models import random_images
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+CALLERS = 16
+
+
+def _free_port_on_every_host() -> int:
+    for _ in range(20):
+        with socket.socket() as probe:
+            probe.bind((HOSTS[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for host in HOSTS[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no port free on every replica address")
+
+
+def _replica(model, host: str, port: int) -> ServeProcess:
+    replica = ServeProcess(str(model), "--host", host, "--port", str(port), "--metrics-port", "0",
+                           "--provider", "cpu", "--intra-op-threads", "1")
+    replica.wait_for_log("serving")
+    return replica
+
+
+def _serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=1
+            ).status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def test_several_addresses_become_one_balanced_channel():
+    target, options = channel_target("127.0.0.2:8001,127.0.0.3:8001")
+    assert target == "ipv4:127.0.0.2:8001,127.0.0.3:8001"
+    assert any(name == "grpc.service_config" and "round_robin" in value for name, value in options)
+    assert channel_target("localhost:8001") == ("localhost:8001", [])
+
+
+@pytest.mark.slow
+def test_a_drained_a_killed_and_a_hung_replica_fail_no_request(tiny_model):
+    port = _free_port_on_every_host()
+    replicas = {host: _replica(tiny_model, host, port) for host in HOSTS}
+    addresses = ",".join(f"{host}:{port}" for host in HOSTS)
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+    with InferenceClient(addresses, timeout=15, attempt_timeout=1.0) as client:
+
+        def caller() -> None:
+            while not stop.is_set():
+                try:
+                    client.infer("tiny", random_images(1))
+                    answered[0] += 1
+                except grpc.RpcError as error:
+                    failures.append(f"{error.code().name}: {error.details()}")
+
+        threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+        try:
+            for thread in threads:
+                thread.start()
+            time.sleep(1.5)
+            drained, killed, hung = HOSTS
+            counts = {"start": answered[0]}
+
+            replicas[drained].process.send_signal(signal.SIGTERM)  # drain: NOT_SERVING, delay, refuse, finish
+            assert replicas[drained].process.wait(timeout=30) == 0
+            replicas[drained] = _replica(tiny_model, drained, port)
+            counts["after drain"] = answered[0]
+
+            time.sleep(3)  # the client reconnects to the restarted replica
+            replicas[killed].process.send_signal(signal.SIGKILL)
+            replicas[killed].process.wait(timeout=30)
+            time.sleep(1)
+            replicas[killed] = _replica(tiny_model, killed, port)
+            counts["after kill"] = answered[0]
+
+            time.sleep(3)
+            assert all(_serving(f"{host}:{port}") for host in (drained, killed))
+            replicas[hung].process.send_signal(signal.SIGSTOP)
+            time.sleep(6)  # calls held by it are resent after 1 s; keepalive drops it within ~3 s
+            counts["while hung"] = answered[0]
+            replicas[hung].process.send_signal(signal.SIGCONT)
+            time.sleep(1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            for replica in replicas.values():
+                replica.process.send_signal(signal.SIGCONT)
+                replica.stop()
+    assert failures == []
+    assert counts["after drain"] > counts["start"] and counts["while hung"] > counts["after kill"], counts
