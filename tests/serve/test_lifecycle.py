@@ -300,3 +300,22 @@ def test_tritonclient_repository_calls_work_unchanged(repository):
     assert out["beta_ready"] is True and out["alpha_ready"] is False
     assert out["after"] == [["alpha", "1", "UNAVAILABLE"], ["beta", "1", "READY"]]
     assert "model_repository" in out["extensions"]
+
+
+def test_each_model_has_a_health_status_of_its_own(repository):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    settings = settings_for(repository, model_control_mode="explicit", load_model=("alpha",))
+    with start_server(settings) as running, InferenceClient(running.address) as client:
+        health = health_pb2_grpc.HealthStub(client.channel)
+
+        def status(service):
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status("alpha") == serving
+        load(client.stub, "beta")
+        wait_until(lambda: status("beta") == serving, what="beta healthy")
+        unload(client.stub, "alpha")
+        wait_until(lambda: status("alpha") == not_serving, what="alpha not serving")
+        assert status("inference.GRPCInferenceService") == serving
