@@ -49,7 +49,15 @@ CHANNEL_OPTIONS = [
 # up to 5 attempts of a call refused UNAVAILABLE. gRPC retries only calls no replica answered yet.
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 FAILOVER_SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
+    # Round robin; a replica whose calls mostly fail (a hung one: attempts time out) is ejected for a while.
+    "loadBalancingConfig": [{"outlier_detection_experimental": {
+        "interval": "1s",
+        "baseEjectionTime": "10s",
+        "maxEjectionPercent": 50,
+        "failurePercentageEjection": {"threshold": 50, "enforcementPercentage": 100, "minimumHosts": 2,
+                                      "requestVolume": 4},
+        "childPolicy": [{"round_robin": {}}],
+    }}],
     "healthCheckConfig": {"serviceName": INFERENCE_SERVICE},
     "methodConfig": [{
         "name": [{"service": INFERENCE_SERVICE}],
