@@ -28,7 +28,8 @@ class BenchSettings:
     stability: float = _flag(0.10, "Stop when the last three windows' throughputs vary by at most this...", IN_PROCESS)
     max_seconds: float = _flag(8.0, "...or after this many seconds per configuration.", IN_PROCESS)
 
-    server: str = _flag("", "HOST:PORT of a running Open Inference Protocol server (ours, Triton, ...).", SERVED)
+    server: str = _flag("", "HOST:PORT of a running Open Inference Protocol server (ours, Triton, ...); several "
+                        "comma-separated, or dns:///NAME:PORT, are balanced round robin.", SERVED)
     start_server: bool = _flag(False, "Start `edgecnn serve MODEL` for each model file and benchmark it.", SERVED)
     server_args: str = _flag("", 'More `edgecnn serve` flags with --start-server, e.g. "--max-batch-size 1".', SERVED)
     model: str = _flag("", "Model name on the server (default: the model file's metadata name).", SERVED)

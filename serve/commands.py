@@ -85,7 +85,9 @@ def predict(
     images: Annotated[
         list[Path], typer.Argument(help="Image files (PNG, JPEG, ...), decoded by the server.", exists=True, dir_okay=False)
     ],
-    server: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "localhost:8001",
+    server: Annotated[str, typer.Option(
+        help="Server address HOST:PORT; several comma-separated, or dns:///NAME:PORT, for round robin with failover."
+    )] = "localhost:8001",
     model: Annotated[str, typer.Option(help="Model name (default: the only model the server serves).")] = "",
     version: Annotated[str, typer.Option(help="Model version (default: the highest).")] = "",
     top_k: Annotated[int, typer.Option(help="Labels to show per image.", min=1)] = 3,
