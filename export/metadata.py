@@ -58,8 +58,8 @@ class ModelMetadata:
         ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
         if not ours:
             raise MetadataError(
-                "no edgecnn metadata in this model: export it with `edgecnn export` "
-                "(it records labels, input layout and image size in the file)"
+                "no edgecnn metadata in this model: import it with `edgecnn export MODEL.onnx -o OUT_DIR` "
+                "(it records labels, input layout and image size in the file, preprocessing in the graph)"
             )
         values: dict[str, Any] = {}
         for f in cls.__dataclass_fields__.values():

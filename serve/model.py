@@ -128,7 +128,12 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
     ``name``/``version`` (from a repository's folders) override the ones recorded in the file.
     """
     start = time.perf_counter()
-    session = ort.InferenceSession(str(path), _session_options(settings), providers=_providers(settings.provider))
+    providers = _providers(settings.provider)
+    try:
+        session = ort.InferenceSession(str(path), _session_options(settings), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, NoSuchFile, Fail, ...
+        reason = str(exc).split(" : ")[-1].strip() or type(exc).__name__
+        raise ValueError(f"{path}: not an ONNX model onnxruntime can load ({reason})") from None
     provider = _provider_in_use(session, settings.provider)
     metadata = metadata_of_session(session)
     model = Model(

@@ -158,3 +158,16 @@ def test_missing_model_is_one_clear_line(tmp_path):
     result = subprocess.run([*EDGECNN, "serve", str(tmp_path / "none.onnx")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: no model file or repository at {tmp_path / 'none.onnx'}"]
+
+
+@pytest.mark.parametrize("layout", ["file", "repository"])
+def test_a_file_that_is_not_onnx_is_one_clear_line(tmp_path, layout):
+    bad = tmp_path / "bad.onnx" if layout == "file" else tmp_path / "repo" / "m" / "1" / "model.onnx"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not a model")
+    target = bad if layout == "file" else tmp_path / "repo"
+    result = subprocess.run([*EDGECNN, "serve", str(target), "--port", "0", "--metrics-port", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not an ONNX model onnxruntime can load")
