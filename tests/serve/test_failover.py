@@ -114,3 +114,57 @@ def test_a_drained_a_killed_and_a_hung_replica_fail_no_request(tiny_model):
                 replica.stop()
     assert failures == []
     assert counts["after drain"] > counts["start"] and counts["while hung"] > counts["after kill"], counts
+
+
+@pytest.mark.slow
+def test_twenty_drains_under_load_lose_nothing_for_a_plain_grpc_client_that_retries_unavailable(tiny_model):
+    """A plain gRPC channel with the README's service config (no edgecnn client code): round robin over
+    two replicas, health checking, retries on UNAVAILABLE. One replica is drained and restarted 20 times
+    while 16 callers send; not one call may fail (nothing CANCELLED, nothing UNAVAILABLE in the end)."""
+    import json
+
+    from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+    from edgecnn.serve.client import FAILOVER_SERVICE_CONFIG
+    from edgecnn.serve.codec import images_request
+
+    hosts = HOSTS[:2]
+    port = _free_port_on_every_host()
+    replicas = {host: _replica(tiny_model, host, port) for host in hosts}
+    options = [("grpc.service_config", json.dumps(FAILOVER_SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+    request = images_request("tiny", random_images(1))
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+    with grpc.insecure_channel(f"ipv4:{','.join(f'{h}:{port}' for h in hosts)}", options=options) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+
+        def caller() -> None:
+            while not stop.is_set():
+                try:
+                    infer(request, timeout=15)
+                    answered[0] += 1
+                except grpc.RpcError as error:
+                    failures.append(error.code().name)
+
+        threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+        try:
+            for thread in threads:
+                thread.start()
+            for repetition in range(20):
+                drained = hosts[repetition % 2]
+                other = hosts[(repetition + 1) % 2]
+                assert _serving(f"{other}:{port}")
+                before = answered[0]
+                replicas[drained].process.send_signal(signal.SIGTERM)
+                assert replicas[drained].process.wait(timeout=30) == 0, f"repetition {repetition}"
+                replicas[drained] = _replica(tiny_model, drained, port)
+                time.sleep(0.5)
+                assert answered[0] > before, f"repetition {repetition}: no progress"
+                time.sleep(1.5)  # the channel reconnects to the restarted replica before the other drains
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            for replica in replicas.values():
+                replica.stop()
+    assert failures == []
