@@ -18,6 +18,10 @@ from rich.markup import escape
 
 from edgecnn.export.settings import (
     CALIBRATION_METHODS,
+    CalibrationMethod,
+    ChannelOrder,
+    Layout,
+    SoftmaxMode,
     CHANNEL_ORDERS,
     LAYOUTS,
     SOFTMAX_MODES,
@@ -70,7 +74,7 @@ def export_command(
     calibration_size: int = typer.Option(
         DEFAULTS.calibration_size, help="Images the int8 calibration sees (training images, or --calibration-data's)."
     ),
-    calibration_method: str = typer.Option(
+    calibration_method: CalibrationMethod = typer.Option(
         DEFAULTS.calibration_method, help=f"int8 calibration: {', '.join(CALIBRATION_METHODS)}."
     ),
     max_accuracy_drop: float = typer.Option(
@@ -123,13 +127,13 @@ def export_command(
         help="Import: divides after --mean, one value per channel in the model's channel order, e.g. "
         "0.229,0.224,0.225 (default 1).",
     ),
-    channel_order: Optional[str] = typer.Option(
+    channel_order: Optional[ChannelOrder] = typer.Option(
         None,
         show_default=False,
         help=f"Import: the channel order the model expects, {' or '.join(CHANNEL_ORDERS)} (default "
         f"{IMPORT_DEFAULTS.channel_order}). Clients always send RGB (or gray); bgr reverses the channels inside the graph.",
     ),
-    layout: Optional[str] = typer.Option(
+    layout: Optional[Layout] = typer.Option(
         None,
         show_default=False,
         help=f"Import: the model's input layout, {' or '.join(LAYOUTS)}; read from the graph when one of axes 1 "
@@ -147,7 +151,7 @@ def export_command(
     output_name: Optional[str] = typer.Option(
         None, show_default=False, help="Import: the graph output holding the class scores, when it has several outputs."
     ),
-    softmax: Optional[str] = typer.Option(
+    softmax: Optional[SoftmaxMode] = typer.Option(
         None,
         show_default=False,
         help=f"Import: {'|'.join(SOFTMAX_MODES)} (default {IMPORT_DEFAULTS.softmax}). auto adds a Softmax for "

@@ -8,16 +8,21 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 VARIANTS = ("int8", "fp16", "dynamic")  # what --quantize may ask for; fp32 is always exported
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Options that take one of a few values are Literal types: `--help` lists the choices and typer refuses others.
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+ChannelOrder = Literal["rgb", "bgr"]
+Layout = Literal["nchw", "nhwc"]
+SoftmaxMode = Literal["auto", "yes", "no"]
+CALIBRATION_METHODS = get_args(CalibrationMethod)
 MIN_OPSET = 18  # the torch.onnx dynamo exporter's floor
 MAX_OPSET = 21  # newest opset onnxruntime >= 1.18 (the serve extra's floor) runs and quantises
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-CHANNEL_ORDERS = ("rgb", "bgr")
-LAYOUTS = ("nchw", "nhwc")
-SOFTMAX_MODES = ("auto", "yes", "no")
+CHANNEL_ORDERS = get_args(ChannelOrder)
+LAYOUTS = get_args(Layout)
+SOFTMAX_MODES = get_args(SoftmaxMode)
 
 
 class ExportError(Exception):

@@ -75,7 +75,6 @@ def test_unwritable_output_dir(run_dir: Path, tmp_path: Path):
     "option, fragment",
     [
         (["--quantize", "int4"], "--quantize"),
-        (["--calibration-method", "mse"], "--calibration-method"),
         (["--opset", "9"], "--opset"),
         (["--int8-recipes", "magic"], "unknown int8 recipe magic"),
     ],
@@ -84,6 +83,13 @@ def test_bad_settings(run_dir: Path, tmp_path: Path, option: list[str], fragment
     out_dir = tmp_path / "out"
     assert_one_line_error(run_export(run_dir, "-o", out_dir, *option), fragment)
     assert not out_dir.exists()
+
+
+def test_an_option_of_a_few_values_lists_them_when_given_another(run_dir: Path, tmp_path: Path):
+    result = run_export(run_dir, "-o", tmp_path / "out", "--calibration-method", "mse")
+    assert result.exit_code == 2
+    assert all(f"'{word}'" in result.output for word in ("mse", "minmax", "entropy", "percentile"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_failed_variant_is_not_written_and_the_others_are_kept(run_dir: Path, tmp_path: Path, monkeypatch):
