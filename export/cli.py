@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from edgecnn.serve.extras import needs_extra
 from edgecnn.export.settings import (
     CALIBRATION_METHODS,
     CalibrationMethod,
@@ -190,39 +191,40 @@ def export_command(
         "--input-name": input_name, "--output-name": output_name, "--softmax": softmax,
         "--calibration-data": calibration_data,
     }
-    try:
-        if is_onnx_file(source):
-            settings = ImportSettings(
-                **common,
-                quantize=_names(quantize) if quantize is not None else (("int8",) if calibration_data else ()),
-                labels_file=str(labels) if labels is not None else None,
-                labels_key=labels_key,
-                scale=parse_scale(scale) if scale is not None else IMPORT_DEFAULTS.scale,
-                mean=parse_numbers("--mean", mean) if mean is not None else (),
-                std=parse_numbers("--std", std) if std is not None else (),
-                channel_order=(channel_order or IMPORT_DEFAULTS.channel_order).lower(),
-                layout=layout.lower() if layout is not None else None,
-                image_size=parse_image_size(image_size) if image_size is not None else None,
-                input_name=input_name,
-                output_name=output_name,
-                softmax=(softmax or IMPORT_DEFAULTS.softmax).lower(),
-                calibration_data=str(calibration_data) if calibration_data is not None else None,
-            )
-            from edgecnn.export.importer import import_onnx
+    with needs_extra("train", "export"):  # an edge install has no torch or onnx
+        try:
+            if is_onnx_file(source):
+                settings = ImportSettings(
+                    **common,
+                    quantize=_names(quantize) if quantize is not None else (("int8",) if calibration_data else ()),
+                    labels_file=str(labels) if labels is not None else None,
+                    labels_key=labels_key,
+                    scale=parse_scale(scale) if scale is not None else IMPORT_DEFAULTS.scale,
+                    mean=parse_numbers("--mean", mean) if mean is not None else (),
+                    std=parse_numbers("--std", std) if std is not None else (),
+                    channel_order=(channel_order or IMPORT_DEFAULTS.channel_order).lower(),
+                    layout=layout.lower() if layout is not None else None,
+                    image_size=parse_image_size(image_size) if image_size is not None else None,
+                    input_name=input_name,
+                    output_name=output_name,
+                    softmax=(softmax or IMPORT_DEFAULTS.softmax).lower(),
+                    calibration_data=str(calibration_data) if calibration_data is not None else None,
+                )
+                from edgecnn.export.importer import import_onnx
 
-            report = import_onnx(source, output, settings, log=log)
-        else:
-            given = [flag for flag, value in import_flags.items() if value is not None]
-            if given:
-                verb = "is an option" if len(given) == 1 else "are options"
-                raise ExportError(f"{', '.join(given)} {verb} for importing an ONNX file, and {source} is not a file")
-            settings = ExportSettings(**common, quantize=_names(quantize) if quantize is not None else DEFAULTS.quantize)
-            from edgecnn.export.exporter import export_run
+                report = import_onnx(source, output, settings, log=log)
+            else:
+                given = [flag for flag, value in import_flags.items() if value is not None]
+                if given:
+                    verb = "is an option" if len(given) == 1 else "are options"
+                    raise ExportError(f"{', '.join(given)} {verb} for importing an ONNX file, and {source} is not a file")
+                settings = ExportSettings(**common, quantize=_names(quantize) if quantize is not None else DEFAULTS.quantize)
+                from edgecnn.export.exporter import export_run
 
-            report = export_run(source, output, settings, log=log)
-    except ExportError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+                report = export_run(source, output, settings, log=log)
+        except ExportError as exc:
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     from edgecnn.export.report import print_report
 
     print_report(report, stdout)

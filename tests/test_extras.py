@@ -1,0 +1,45 @@
+"""On the edge install (`pip install edgecnn[serve]`: no torch, no onnx), the commands that need the
+train extra say so in one sentence instead of ending in a ModuleNotFoundError traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# The edge install, as far as the command can tell: the train extra's modules cannot be imported.
+EDGE = (
+    "import sys\n"
+    "for name in ('torch', 'onnx', 'onnxscript', 'safetensors'):\n"
+    "    sys.modules[name] = None\n"
+    "from edgecnn.serve.cli import main\n"
+    "sys.argv = ['edgecnn', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+def edge_run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-c", EDGE, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "model.onnx", "-o", "out"],
+    ["export", "runs/some-run", "-o", "out"],
+])
+def test_commands_of_the_train_extra_say_which_extra_to_install(tmp_path, args):
+    (tmp_path / "model.onnx").write_bytes(b"whatever")
+    (tmp_path / "runs" / "some-run").mkdir(parents=True)
+    args = [str(tmp_path / a) if a in ("model.onnx", "runs/some-run", "out") else a for a in args]
+    result = edge_run(*args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "needs the train extra" in lines[0] and "pip install 'edgecnn[train]'" in lines[0]
+
+
+def test_the_edge_commands_still_run_there():
+    result = edge_run("serve", "--help")
+    assert result.returncode == 0 and "--max-request-images" in result.stdout
