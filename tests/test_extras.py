@@ -28,6 +28,8 @@ def edge_run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args", [
     ["export", "model.onnx", "-o", "out"],
     ["export", "runs/some-run", "-o", "out"],
+    ["train", "--epochs", "1"],
+    ["evaluate", "runs/some-run"],
 ])
 def test_commands_of_the_train_extra_say_which_extra_to_install(tmp_path, args):
     (tmp_path / "model.onnx").write_bytes(b"whatever")
@@ -43,3 +45,22 @@ def test_commands_of_the_train_extra_say_which_extra_to_install(tmp_path, args):
 def test_the_edge_commands_still_run_there():
     result = edge_run("serve", "--help")
     assert result.returncode == 0 and "--max-request-images" in result.stdout
+
+
+@pytest.mark.parametrize("command, flag, choices", [
+    ("train", "--dataset", "mnist|fashion-mnist|cifar10|folder"),
+    ("train", "--padding", "valid|same|full"),
+    ("train", "--pool", "max|avg"),
+    ("train", "--optimizer", "adam|sgd"),
+    ("train", "--lr-schedule", "constant|cosine|onecycle"),
+    ("train", "--device", "auto|cpu|cuda"),
+    ("evaluate", "--device", "cpu|cuda"),
+    ("export", "--calibration-method", "minmax|entropy|percentile"),
+    ("export", "--softmax", "auto|yes|no"),
+    ("serve", "--provider", "cpu|cuda|auto"),
+    ("serve", "--model-control-mode", "none|poll|explicit"),
+])
+def test_help_lists_the_choices_of_options_that_take_a_few_values(command, flag, choices):
+    result = edge_run(command, "--help")
+    line = next(line for line in result.stdout.splitlines() if f" {flag} " in line)
+    assert f"<{choices}>" in line

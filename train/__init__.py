@@ -5,8 +5,9 @@ A map, in the order data flows:
   ``folder`` and downloads in ``download``; ``imageset`` holds ``ImageSet`` and ``DatasetError``.
 - ``models``: ``create_model(name, ...)`` over a registry filled by ``register_model``.
 - ``settings``: ``TrainSettings``, every tunable with its default (the CLI's defaults).
-- ``trainer``: ``train(settings)`` and ``resume(run_dir)``; ``augment``, ``normalisation``,
-  ``tensors`` and ``progress`` serve it.
+- ``trainer``: ``train(settings)`` and ``resume(run_dir)``, on one process or several (``nproc``, or
+  under torchrun); ``augment``, ``normalisation``, ``tensors`` and ``progress`` serve it, and
+  ``distributed`` holds the launcher (torchrun's) and the process group (DDP: gloo on CPU, NCCL on CUDA).
 - ``checkpoint``: the run directory (``load_run``, ``RunDirError``); ``files``: atomic writes.
 - ``evaluate``: ``evaluate_run(run_dir)``; ``plots``: the run's figures; ``cli``: the commands.
 """

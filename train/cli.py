@@ -6,9 +6,10 @@ Option defaults come from TrainSettings, the one place they are defined.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -16,9 +17,19 @@ from rich.table import Table
 
 from edgecnn.train.data import DATASETS, DatasetError, DatasetSpec
 from edgecnn.train.settings import DEVICES, LR_SCHEDULES, OPTIMIZERS, SettingsError, TrainSettings
+from edgecnn.serve.extras import needs_extra
+
+# Flags that take one of a few values are Literal types: `--help` lists them, anything else is refused with the list.
+DatasetName = Literal[DATASETS]
+Padding = Literal["valid", "same", "full"]
+Pool = Literal["max", "avg"]
+OptimizerName = Literal[OPTIMIZERS]
+LrSchedule = Literal[LR_SCHEDULES]
+TrainDevice = Literal[DEVICES]
+EvalDevice = Literal["cpu", "cuda"]
 
 DEFAULTS = TrainSettings()
-RESUMABLE_OPTIONS = {"resume", "epochs", "device", "threads", "progress"}  # what --resume lets you change
+RESUMABLE_OPTIONS = {"resume", "epochs", "device", "threads", "progress", "nproc"}  # what --resume lets you change
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -36,9 +47,21 @@ def _fail(message: str) -> typer.Exit:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, shown as one line; anything else is a bug and keeps its traceback."""
     from edgecnn.train.checkpoint import RunDirError
+    from edgecnn.train.distributed import LaunchError
     from edgecnn.train.models import ModelConfigError
 
-    return DatasetError, RunDirError, ModelConfigError, SettingsError
+    return DatasetError, RunDirError, ModelConfigError, SettingsError, LaunchError
+
+
+@contextlib.contextmanager
+def _catching_user_errors():
+    """Bad input (a run dir, a dataset, a setting) ends the command in one line."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            raise _fail(str(exc)) from None
+        raise
 
 
 def _image_size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -72,7 +95,7 @@ def _model_options(
 
 def train_command(
     ctx: typer.Context,
-    dataset: str = typer.Option(DEFAULTS.dataset, help=f"Dataset: {', '.join(DATASETS)}."),
+    dataset: DatasetName = typer.Option(DEFAULTS.dataset, help=f"Dataset: {', '.join(DATASETS)}."),
     data_dir: Optional[str] = typer.Option(
         DEFAULTS.data_dir, help="Folder with the dataset files (downloaded there when missing). Without it, "
         "mnist uses the embedded MNIST set and the others a cache folder under ~/.cache/edgecnn."),
@@ -86,18 +109,18 @@ def train_command(
         DEFAULTS.val_split, help="Share of the training images held out (per class, under --seed) to pick the "
         "best epoch and stop early; 0 keeps the last epoch."),
     model: str = typer.Option(DEFAULTS.model, help="Model architecture by name (an unknown name lists them all)."),
-    padding: Optional[str] = typer.Option(None, help="Seed CNNs: convolution padding, valid, same or full."),
+    padding: Optional[Padding] = typer.Option(None, help="Seed CNNs: convolution padding, valid, same or full."),
     stride: Optional[int] = typer.Option(None, help="Seed CNNs: convolution stride."),
-    pool: Optional[str] = typer.Option(None, help="Seed CNNs: pooling, max or avg."),
+    pool: Optional[Pool] = typer.Option(None, help="Seed CNNs: pooling, max or avg."),
     option: list[str] = typer.Option([], help="Other model option as KEY=VALUE, e.g. width=48 (repeatable)."),
     epochs: int = typer.Option(DEFAULTS.epochs, help="Passes over the training images."),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per optimizer step."),
-    optimizer: str = typer.Option(DEFAULTS.optimizer, help=f"Optimizer: {', '.join(OPTIMIZERS)}."),
+    optimizer: OptimizerName = typer.Option(DEFAULTS.optimizer, help=f"Optimizer: {', '.join(OPTIMIZERS)}."),
     lr: Optional[float] = typer.Option(
         DEFAULTS.learning_rate, help="Base learning rate (default: the model's own, 1e-3 for the seed CNNs as in "
         "the seeds, 2e-3 for resnet-small)."),
     weight_decay: float = typer.Option(DEFAULTS.weight_decay, help="L2 weight decay."),
-    lr_schedule: str = typer.Option(
+    lr_schedule: LrSchedule = typer.Option(
         DEFAULTS.lr_schedule, help=f"Learning-rate schedule over the run: {', '.join(LR_SCHEDULES)}."),
     label_smoothing: float = typer.Option(DEFAULTS.label_smoothing, help="Cross-entropy label smoothing."),
     patience: int = typer.Option(
@@ -110,14 +133,19 @@ def train_command(
         help="Augmentation: random horizontal flips (default: on for fashion-mnist and cifar10, off for digits "
         "and folders)."),
     seed: int = typer.Option(DEFAULTS.seed, help="Random seed: same seed, same data split and same weights."),
-    device: str = typer.Option(DEFAULTS.device, help=f"Where to train: {', '.join(DEVICES)}."),
-    threads: Optional[int] = typer.Option(DEFAULTS.threads, help="CPU threads for torch (default: all usable cores)."),
+    device: TrainDevice = typer.Option(DEFAULTS.device, help=f"Where to train: {', '.join(DEVICES)}."),
+    threads: Optional[int] = typer.Option(
+        DEFAULTS.threads, help="CPU threads for torch per process (default: the usable cores shared among --nproc)."),
+    nproc: int = typer.Option(
+        1, help="Train on this many local processes (DDP: gloo on CPU, NCCL on CUDA), started by torchrun's "
+        "launcher; --batch-size stays the global batch and must divide by it. Under torchrun the processes "
+        "it started join its group instead."),
     output_dir: str = typer.Option(DEFAULTS.output_dir, help="Parent folder of new run directories."),
     run_dir: Optional[str] = typer.Option(
         DEFAULTS.run_dir, help="Run directory to create (default: OUTPUT_DIR/MODEL-DATASET-TIME)."),
     resume: Optional[str] = typer.Option(
         None, help="Continue this run directory from its last epoch with its own settings (only --epochs, "
-        "--device and --threads may change; more --epochs stretch the learning-rate schedule)."),
+        "--device, --threads and --nproc may change; more --epochs stretch the learning-rate schedule)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train an image classifier; writes a run directory with weights, run.json and plots."""
@@ -130,7 +158,7 @@ def train_command(
         label_smoothing=label_smoothing, patience=patience, rotation=rotation, shift=shift, hflip=hflip,
         seed=seed, device=device, threads=threads, output_dir=output_dir, run_dir=run_dir,
     )
-    try:
+    with needs_extra("train", "train"), _catching_user_errors():
         from edgecnn.train import trainer
 
         if resume:
@@ -140,23 +168,21 @@ def train_command(
                 raise SettingsError(f"--resume continues a run with its own settings; drop {option}")
             trainer.resume(resume, epochs=epochs if "epochs" in given else None,
                            device=device if "device" in given else None, threads=threads,
-                           progress=progress, console=stderr)
+                           progress=progress, console=stderr, nproc=nproc)
         else:
-            trainer.train(settings, progress=progress, console=stderr)
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from None
+            trainer.train(settings, progress=progress, console=stderr, nproc=nproc)
 
 
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="Run directory written by `edgecnn train`."),
-    dataset: Optional[str] = typer.Option(None, help="Evaluate on this dataset instead of the run's own."),
+    dataset: Optional[DatasetName] = typer.Option(None, help="Evaluate on this dataset instead of the run's own."),
     data_dir: Optional[str] = typer.Option(None, help="Folder with the dataset files (default: the run's own)."),
     download: bool = typer.Option(True, help="Download missing public dataset files (MD5-checked)."),
-    device: str = typer.Option("cpu", help="Where to run the model: cpu or cuda."),
+    device: EvalDevice = typer.Option("cpu", help="Where to run the model: cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of tables."),
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a run's best weights on a test split."""
-    try:
+    with needs_extra("train", "evaluate"), _catching_user_errors():
         from edgecnn.train.checkpoint import read_run_info
         from edgecnn.train.evaluate import evaluate_run
 
@@ -166,8 +192,6 @@ def evaluate_command(
             spec = DatasetSpec.from_json({**own, "name": dataset or own.get("name", "mnist"), "data_dir": data_dir,
                                           "download": download})
         result = evaluate_run(run_dir, spec, device=device)
-    except _user_errors() as exc:
-        raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

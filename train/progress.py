@@ -1,4 +1,8 @@
-"""The rich progress bar of a training epoch: loss, accuracy and images/s as it runs, one summary line after."""
+"""The rich progress bar of a training epoch: loss, accuracy and images/s as it runs, one summary line after.
+
+On several processes rank 0 shows it: images and images/s count all processes (its own times
+``world_size``, as every process takes the same share), the running loss and accuracy are its own.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ REFRESH_S = 0.25  # reading the running loss syncs the device, so do it a few ti
 
 
 class EpochProgress:
-    def __init__(self, console: Console, enabled: bool = True) -> None:
+    def __init__(self, console: Console, enabled: bool = True, world_size: int = 1) -> None:
         self.console = console
+        self.world_size = world_size
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -52,11 +57,11 @@ class EpochProgress:
         if now - self.shown >= REFRESH_S:
             self.shown = now
             fields = {"loss": float(total_loss) / self.seen, "accuracy": float(correct) / self.seen,
-                      "rate": self.seen / (now - self.started)}
-        self.progress.update(self.task, advance=images, **fields)
+                      "rate": self.seen * self.world_size / (now - self.started)}
+        self.progress.update(self.task, advance=images * self.world_size, **fields)
 
     def end_epoch(self, metrics: dict[str, Any]) -> None:
-        rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
+        rate = self.seen * self.world_size / max(time.perf_counter() - self.started, 1e-9)
         line = (f"epoch {metrics['epoch']}: loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}")
         if "val_accuracy" in metrics:
             line += f"  val loss {metrics['val_loss']:.4f} val acc {metrics['val_accuracy']:.4f}"

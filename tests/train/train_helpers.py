@@ -57,3 +57,14 @@ def write_image_folder(
             shape = (size[0], size[1], 3) if mode == "RGB" else size
             image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
             image.save(directory / name / (f"{i}.png" if i % 2 == 0 else f"{i}.jpg"))
+
+
+def rank_one_dies() -> None:
+    """A launched worker (spawned, so importable by name): rank 1 is killed as by the OOM killer; rank 0 waits."""
+    import os
+    import signal
+    import time
+
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # stopped by the launcher long before this
