@@ -11,6 +11,7 @@ import typer
 
 from edgecnn.benchmarks import cli as bench_cli
 from edgecnn.export import cli as export_cli
+from edgecnn.serve import classify_cli
 from edgecnn.serve import commands as serve_commands
 from edgecnn.train import cli as train_cli
 
@@ -23,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for part in (train_cli, export_cli, serve_commands, bench_cli):
+for part in (train_cli, export_cli, serve_commands, classify_cli, bench_cli):
     part.register(app)
 
 
