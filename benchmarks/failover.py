@@ -12,7 +12,6 @@ of the requests sent in it. Prints a markdown block for benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from edgecnn.benchmarks.hardening import machine_line
+from edgecnn.benchmarks.hardening import command_line, machine_line, publish
 from edgecnn.benchmarks.payload import wait_until_ready
 from edgecnn.benchmarks.servers import exit_on_sigterm, free_port, stop_process
 from edgecnn.export.metadata import read_metadata
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    command = "python -m edgecnn.benchmarks.failover " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line("edgecnn.benchmarks.failover", argv)
     name = read_metadata(args.model).name
     port = free_port()
     log = Path("/tmp/edgecnn-failover.log")
@@ -126,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---|---:|---:|---:|",
         *rows,
     ])
-    print(block)
-    if args.out:
-        args.out.write_text(block + "\n")
+    publish(block, args.out)
     return 0
 
 

@@ -53,6 +53,18 @@ def rss_mib(pid: int) -> dict[str, float]:
     return {key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 1024 for key in ("VmRSS", "VmHWM")}
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that made a block, as RESULTS.md quotes it."""
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+
+def publish(block: str, out: Path | None) -> None:
+    """Print a markdown block for RESULTS.md, and write it to ``out`` too."""
+    print(block)
+    if out:
+        out.write_text(block + "\n")
+
+
 def machine_line() -> str:
     vnni = "AVX-512 VNNI" if "avx512_vnni" in Path("/proc/cpuinfo").read_text() else "no VNNI (AVX2)"
     return f"{cpu_model()}, {vnni}, {datetime.date.today().isoformat()}"
@@ -243,12 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--fraction", type=float, default=0.8)
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    command = "python -m edgecnn.benchmarks.hardening " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    block = f"```\n{command}\n```\n\n" + {"security": security, "burst": burst, "soak": soak,
-                                                  "before-after": before_after}[args.what](args)
-    print(block)
-    if args.out:
-        args.out.write_text(block + "\n")
+    command = command_line("edgecnn.benchmarks.hardening", argv)
+    body = {"security": security, "burst": burst, "soak": soak, "before-after": before_after}[args.what](args)
+    publish(f"```\n{command}\n```\n\n{body}", args.out)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from statistics import median
 
 import grpc
 
-from edgecnn.benchmarks.hardening import machine_line, rss_mib
+from edgecnn.benchmarks.hardening import command_line, machine_line, publish, rss_mib
 from edgecnn.benchmarks.loadgen import LoadGenerator
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_edgecnn_server
@@ -165,11 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--cycles", type=int, default=200)
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    command = "python -m edgecnn.benchmarks.reload " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    block = f"```\n{command}\n```\n\n" + {"swaps": swaps, "cycles": cycles}[args.what](args)
-    print(block)
-    if args.out:
-        args.out.write_text(block + "\n")
+    command = command_line("edgecnn.benchmarks.reload", argv)
+    publish(f"```\n{command}\n```\n\n" + {"swaps": swaps, "cycles": cycles}[args.what](args), args.out)
     return 0
 
 
