@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from edgecnn.benchmarks.hardening import command_line, machine_line, publish
+from edgecnn.benchmarks.hardening import command_line, machine_line, print_block
 from edgecnn.benchmarks.payload import wait_until_ready
 from edgecnn.benchmarks.servers import exit_on_sigterm, free_port, stop_process
 from edgecnn.export.metadata import read_metadata
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---|---:|---:|---:|",
         *rows,
     ])
-    publish(block, args.out)
+    print_block(block, args.out)
     return 0
 
 

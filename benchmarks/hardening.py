@@ -58,7 +58,7 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
 
-def publish(block: str, out: Path | None) -> None:
+def print_block(block: str, out: Path | None) -> None:
     """Print a markdown block for RESULTS.md, and write it to ``out`` too."""
     print(block)
     if out:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     command = command_line("edgecnn.benchmarks.hardening", argv)
     body = {"security": security, "burst": burst, "soak": soak, "before-after": before_after}[args.what](args)
-    publish(f"```\n{command}\n```\n\n{body}", args.out)
+    print_block(f"```\n{command}\n```\n\n{body}", args.out)
     return 0
 
 

@@ -27,7 +27,7 @@ from statistics import median
 
 import grpc
 
-from edgecnn.benchmarks.hardening import command_line, machine_line, publish, rss_mib
+from edgecnn.benchmarks.hardening import command_line, machine_line, print_block, rss_mib
 from edgecnn.benchmarks.loadgen import LoadGenerator
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_edgecnn_server
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exit_on_sigterm()
     command = command_line("edgecnn.benchmarks.reload", argv)
-    publish(f"```\n{command}\n```\n\n" + {"swaps": swaps, "cycles": cycles}[args.what](args), args.out)
+    print_block(f"```\n{command}\n```\n\n" + {"swaps": swaps, "cycles": cycles}[args.what](args), args.out)
     return 0
 
 

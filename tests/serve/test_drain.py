@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import grpc
-import pytest
 
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve.codec import images_request

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecnn.serve.client import InferenceClient
-from tests.serve.support import encode, wait_until
+from tests.serve.support import encode
 from tests.tiny_models import random_images
 
 EDGECNN = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()"]
