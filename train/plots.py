@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgecnn.train.files import atomic_path  # noqa: E402
@@ -30,6 +31,7 @@ def plot_curves(epochs: list[dict[str, Any]], path: Path) -> None:
             if any(v is not None for v in values):
                 axes.plot(numbers, values, marker="o", label="validation" if part == "val" else "training")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5, 2.5 ticks
         axes.set_ylabel(metric)
         axes.grid(alpha=0.3)
         axes.legend()
