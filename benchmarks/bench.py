@@ -10,7 +10,7 @@ from typing import Any, Callable
 from edgecnn.benchmarks.device import describe_device
 from edgecnn.benchmarks.inprocess import InProcessResult, run_inprocess
 from edgecnn.benchmarks.loadgen import LoadGenerator
-from edgecnn.benchmarks.plots import write_plots
+from edgecnn.benchmarks.plots import PLOTS_EXTRA_HINT, plots_available, write_plots
 from edgecnn.benchmarks.report import build_report, write_report
 from edgecnn.benchmarks.scenarios import ServedRun, run_served
 from edgecnn.benchmarks.servers import start_edgecnn_server
@@ -70,6 +70,8 @@ def run_bench(
     out = Path(settings.out)
     json_path = write_report(report, out)
     plots = write_plots(out, inprocess, served)
+    if not plots_available():
+        progress(PLOTS_EXTRA_HINT)
     (out / "bench.md").write_text(markdown_report(report, [p.name for p in plots]))
     return BenchOutcome(report, json_path, plots)
 

@@ -27,7 +27,22 @@ def _pyplot():
     return plt
 
 
+PLOTS_EXTRA_HINT = "no plots: matplotlib is not installed (pip install 'edgecnn[plots]')"
+
+
+def plots_available() -> bool:
+    """Plots need matplotlib, the `plots` extra: the edge install (`edgecnn[serve]`) leaves it out (~70 MB)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_plots(folder: Path, inprocess: list[InProcessResult], served: list[ServedRun]) -> list[Path]:
+    """Every plot of a run; none (and the caller says why) without matplotlib."""
+    if not plots_available():
+        return []
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     if inprocess:

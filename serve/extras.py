@@ -15,7 +15,7 @@ import typer
 # Top-level modules each extra brings, as `import` names.
 EXTRA_MODULES = {
     "train": {"torch", "onnx", "onnxscript", "safetensors", "matplotlib", "onnxruntime"},
-    "serve": {"onnxruntime", "grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client", "matplotlib"},
+    "serve": {"onnxruntime", "grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client"},
     "ray": {"ray", "pyarrow"},
 }
 

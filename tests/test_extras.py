@@ -64,3 +64,19 @@ def test_help_lists_the_choices_of_options_that_take_a_few_values(command, flag,
     result = edge_run(command, "--help")
     line = next(line for line in result.stdout.splitlines() if f" {flag} " in line)
     assert f"<{choices}>" in line
+
+
+def test_bench_without_the_plots_extra_writes_no_plot_and_says_why(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from pathlib import Path\n"
+        "from edgecnn.benchmarks import plots\n"
+        "assert not plots.plots_available()\n"
+        "print(plots.write_plots(Path(sys.argv[1]), [], []), plots.PLOTS_EXTRA_HINT)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[] no plots") and "pip install 'edgecnn[plots]'" in result.stdout
+    assert not (tmp_path / "out").exists()
