@@ -31,7 +31,7 @@ import shlex
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from statistics import median
 
@@ -163,12 +163,19 @@ def _no_errors(point: LoadPoint, name: str) -> None:
 # --- burst -------------------------------------------------------------------------------------
 
 
-def burst(args: argparse.Namespace) -> str:
-    log = Path(tempfile.gettempdir()) / "edgecnn-burst.log"
+@contextmanager
+def served_model(args: argparse.Namespace, what: str):
+    """`edgecnn serve MODEL --server-args` and the load generator; yields (server, loadgen, model name, spec)."""
+    log = Path(tempfile.gettempdir()) / f"edgecnn-{what}.log"
     with start_edgecnn_server(args.model, args.server_args, log=log) as server, LoadGenerator(args.clients) as loadgen:
-        pid = server.process.pid
         name = read_metadata(args.model).name
         spec, _ = fetch_model_spec(server.address, name)
+        yield server, loadgen, name, spec
+
+
+def burst(args: argparse.Namespace) -> str:
+    with served_model(args, "burst") as (server, loadgen, name, spec):
+        pid = server.process.pid
         images = args.images or ServeSettings.max_batch_size
         requests = build_requests(spec, images, 4)
         loadgen.closed_loop("warm-up", server.address, requests, images, 2, warmup_s=0.2, duration_s=1.0)
@@ -199,11 +206,8 @@ def burst(args: argparse.Namespace) -> str:
 
 
 def soak(args: argparse.Namespace) -> str:
-    log = Path(tempfile.gettempdir()) / "edgecnn-soak.log"
-    with start_edgecnn_server(args.model, args.server_args, log=log) as server, LoadGenerator(args.clients) as loadgen:
+    with served_model(args, "soak") as (server, loadgen, name, spec):
         pid = server.process.pid
-        name = read_metadata(args.model).name
-        spec, _ = fetch_model_spec(server.address, name)
         requests = build_requests(spec, 1, 8)
         top = loadgen.closed_loop("max", server.address, requests, 1, CONCURRENCY, warmup_s=1.0, duration_s=5.0)
         rate = args.fraction * top.requests_per_s

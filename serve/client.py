@@ -87,7 +87,7 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
     """The gRPC target and the options for ``address``: one HOST:PORT, several comma-separated, or a
     resolver URI (``dns:///``, ``ipv4:``); several replicas get the failover options."""
     if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
-        return address, FAILOVER_OPTIONS if _several(address) else []
+        return address, FAILOVER_OPTIONS if is_failover(address) else []
     hosts = [part.strip() for part in address.split(",") if part.strip()]
     if len(hosts) == 1:
         return hosts[0], []
@@ -101,10 +101,7 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
 
 
 def is_failover(address: str) -> bool:
-    return _several(address) or "," in address
-
-
-def _several(address: str) -> bool:
+    """Several replicas: a comma-separated list, or a name DNS may resolve to many addresses."""
     return address.startswith("dns:") or "," in address
 
 
