@@ -34,6 +34,7 @@ def bench(
     providers: Annotated[str, _bench("providers", "--provider")] = _csv(B.providers),
     batch_sizes: Annotated[str, _bench("batch_sizes")] = _csv(B.batch_sizes),
     threads: Annotated[int, _bench("threads")] = B.threads,
+    side_by_side: Annotated[int, _bench("side_by_side")] = B.side_by_side,
     warmup_s: Annotated[float, _bench("warmup_s", "--warmup")] = B.warmup_s,
     window_s: Annotated[float, _bench("window_s", "--window")] = B.window_s,
     stability: Annotated[float, _bench("stability")] = B.stability,

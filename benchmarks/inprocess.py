@@ -1,12 +1,17 @@
 """In-process onnxruntime latency and throughput: the compute floor of every served figure.
 
-For each model file x provider x batch size: warm up, then time back-to-back runs in windows of
-``window_s`` until the last three windows' throughputs agree within ``stability`` (or ``max_seconds``
-pass). Statistics come from those last three windows.
+For each model file x provider x batch size x layout: warm up, then time back-to-back runs in windows
+of ``window_s`` until the last three windows' throughputs agree within ``stability`` (or
+``max_seconds`` pass). Statistics come from those last three windows.
+
+Layouts: one caller on ``threads`` intra-op threads, and (CPU only) the server's own layout, several
+one-thread callers side by side, as `edgecnn serve` runs by default. The compute floor a served
+figure is held against is the best layout, never only the single caller.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,12 +56,34 @@ class InProcessResult:
     threads: int
     stable: bool
     window_images_per_s: list[float]
-    images_per_s: float  # over the last three windows: images / seconds spent in run()
+    images_per_s: float  # the median of the last three windows' images / wall seconds
     latency: LatencyStats
+    callers: int = 1  # runs side by side, each on ``threads`` intra-op threads
     latencies_s: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
+    @property
+    def layout(self) -> str:
+        return layout_name(self.callers, self.threads)
+
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "latencies_s"}
+        return {**{k: v for k, v in asdict(self).items() if k != "latencies_s"}, "layout": self.layout}
+
+
+def layout_name(callers: int, threads: int) -> str:
+    threads_text = "onnxruntime's default threads" if threads == 0 else f"{threads} thread{'s' * (threads > 1)}"
+    if callers == 1:
+        return f"1 caller, {threads_text}"
+    return f"{callers} callers side by side, {threads_text} each"
+
+
+def server_layout_callers(provider: str) -> int:
+    """How many one-thread runs `edgecnn serve` puts side by side by default here (1 off the CPU)."""
+    from edgecnn.serve.settings import ServeSettings
+
+    if provider != "CPUExecutionProvider":
+        return 1
+    settings = ServeSettings(model=Path("model.onnx"))  # the layout does not depend on the model
+    return settings.instances_resolved if settings.intra_op_threads_resolved == 1 else 1
 
 
 def resolve_provider(name: str) -> str:
@@ -118,9 +145,10 @@ def variant_of(session: Any, model: str | Path) -> str:
 
 
 def measure(
-    session: Any, feed: dict[str, np.ndarray], batch_size: int, settings: BenchSettings
+    session: Any, feed: dict[str, np.ndarray], batch_size: int, settings: BenchSettings, callers: int = 1
 ) -> tuple[bool, list[float], np.ndarray]:
-    """Windows of back-to-back runs until stable: (stable, images/s per window, latencies of the last three)."""
+    """Windows of back-to-back runs until stable: (stable, images/s per window, latencies of the last three).
+    With ``callers`` > 1 that many threads run the session side by side in every window."""
     deadline = time.perf_counter() + settings.warmup_s
     while time.perf_counter() < deadline:
         session.run(None, feed)
@@ -130,36 +158,72 @@ def measure(
     while not is_stable(throughputs, settings.stability, STABLE_WINDOWS):
         if time.perf_counter() - started > settings.max_seconds and len(windows) >= STABLE_WINDOWS:
             break
-        window = time_calls(lambda: session.run(None, feed), warmup=0, min_calls=3, min_seconds=settings.window_s)
+        if callers == 1:
+            window = time_calls(lambda: session.run(None, feed), warmup=0, min_calls=3, min_seconds=settings.window_s)
+            throughputs.append(batch_size * window.size / float(window.sum()))
+        else:
+            window, elapsed = side_by_side(session, feed, callers, settings.window_s)
+            throughputs.append(batch_size * window.size / elapsed)
         windows.append(window)
-        throughputs.append(batch_size * window.size / float(window.sum()))
     stable = is_stable(throughputs, settings.stability, STABLE_WINDOWS)
     return stable, throughputs, np.concatenate(windows[-STABLE_WINDOWS:])
 
 
+def side_by_side(session: Any, feed: dict[str, np.ndarray], callers: int, seconds: float) -> tuple[np.ndarray, float]:
+    """``callers`` threads running the session back to back for ``seconds``: every call's seconds and the
+    wall time from the first start to the last finish (onnxruntime releases the GIL inside run())."""
+    per_caller: list[list[float]] = [[] for _ in range(callers)]
+    go = threading.Barrier(callers + 1)
+
+    def caller(samples: list[float]) -> None:
+        go.wait()
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            samples.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=caller, args=(samples,)) for samples in per_caller]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return np.asarray([t for samples in per_caller for t in samples]), time.perf_counter() - start
+
+
 def benchmark_model(
-    model: str | Path, session: Any, full_provider: str, batch_size: int, settings: BenchSettings
+    model: str | Path, session: Any, full_provider: str, batch_size: int, settings: BenchSettings,
+    threads: int | None = None, callers: int = 1,
 ) -> InProcessResult:
     feed = random_feed(session, batch_size, settings.seed)
-    stable, throughputs, latencies = measure(session, feed, batch_size, settings)
+    stable, throughputs, latencies = measure(session, feed, batch_size, settings, callers)
     return InProcessResult(
         model=str(model),
         variant=variant_of(session, model),
         provider=full_provider,
         batch_size=batch_size,
-        threads=settings.threads,
+        threads=settings.threads if threads is None else threads,
         stable=stable,
+        callers=callers,
         window_images_per_s=[round(t, 2) for t in throughputs],
-        images_per_s=batch_size * latencies.size / float(latencies.sum()),
+        images_per_s=throughputs_over_last_windows(throughputs),
         latency=summarize(latencies, batch_size),
         latencies_s=latencies,
     )
 
 
+def throughputs_over_last_windows(throughputs: list[float]) -> float:
+    return float(np.median(throughputs[-STABLE_WINDOWS:]))
+
+
 def run_inprocess(
     models: list[Path], settings: BenchSettings, batch_sizes: tuple[int, ...] | None = None
 ) -> list[InProcessResult]:
-    """Every model x provider x batch size; one session per model and provider."""
+    """Every model x provider x batch size x layout: one caller on ``settings.threads`` threads, then
+    (CPU) the server's layout of one-thread callers side by side; one session per model, provider and
+    thread count."""
     results = []
     for model in models:
         for provider in settings.providers:
@@ -167,4 +231,52 @@ def run_inprocess(
             session = open_session(model, full_provider, settings.threads)
             for batch_size in batch_sizes or settings.batch_sizes:
                 results.append(benchmark_model(model, session, full_provider, batch_size, settings))
+            callers = settings.side_by_side or server_layout_callers(full_provider)
+            if callers > 1:
+                single_thread = open_session(model, full_provider, 1)
+                for batch_size in batch_sizes or settings.batch_sizes:
+                    results.append(benchmark_model(model, single_thread, full_provider, batch_size, settings,
+                                                   threads=1, callers=callers))
     return results
+
+
+def best_floor(results: list[InProcessResult]) -> InProcessResult:
+    """The in-process result with the most images/s: the compute floor for served throughput."""
+    return max(results, key=lambda r: r.images_per_s)
+
+
+class ComputeFloor:
+    """One model's in-process floors for scripts that interleave them with served windows: the
+    sessions open once, and each call times one window of every layout (A B A B with the served side)."""
+
+    def __init__(self, model: str | Path, provider: str = "CPUExecutionProvider", callers: int = 0,
+                 batch_sizes: tuple[int, ...] = (1, 64)):
+        self.callers = callers or server_layout_callers(provider)
+        thread_counts = (0, 1) if provider == "CPUExecutionProvider" else (0,)
+        self.sessions = {threads: open_session(model, provider, threads) for threads in thread_counts}
+        self.feeds = {batch: random_feed(self.sessions[0], batch) for batch in batch_sizes}
+
+    def images_per_s(self, batch: int, seconds: float) -> dict[str, float]:
+        """Images/s of every layout at this batch size, by layout name."""
+        feed = self.feeds[batch]
+        figures = {}
+        for threads, session in self.sessions.items():
+            window = time_calls(lambda s=session: s.run(None, feed), warmup=2, min_calls=3, min_seconds=seconds)
+            figures[layout_name(1, threads)] = batch * window.size / float(window.sum())
+        if self.callers > 1 and 1 in self.sessions:
+            session = self.sessions[1]
+            session.run(None, feed)
+            window, elapsed = side_by_side(session, feed, self.callers, seconds)
+            figures[layout_name(self.callers, 1)] = batch * window.size / elapsed
+        return figures
+
+    def p50_ms(self, batch: int, seconds: float) -> float:
+        """The lowest median latency of one caller at this batch size, over the sessions' thread counts."""
+        feed = self.feeds[batch]
+        return min(float(np.median(time_calls(lambda s=session: s.run(None, feed), warmup=2, min_seconds=seconds)))
+                   for session in self.sessions.values()) * 1e3
+
+
+def best_of(figures: dict[str, float]) -> tuple[str, float]:
+    """(layout, images/s) of the fastest layout."""
+    return max(figures.items(), key=lambda item: item[1])

@@ -60,7 +60,8 @@ def plot_inprocess(results: list[InProcessResult], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[InProcessResult]] = {}
     for r in results:
-        series.setdefault(f"{r.variant} ({r.provider.replace('ExecutionProvider', '')})", []).append(r)
+        provider = r.provider.replace("ExecutionProvider", "")
+        series.setdefault(f"{r.variant} ({provider}, {r.layout})", []).append(r)
     for name, rows in series.items():
         rows.sort(key=lambda r: r.batch_size)
         ax.plot([r.batch_size for r in rows], [r.images_per_s for r in rows], marker="o", label=name)

@@ -1,7 +1,7 @@
 """The bench report: one JSON document with this schema (tables.py shows it, compare.py compares two).
 
-    {"schema": "edgecnn-bench/1", "created", "command", "settings", "device",
-     "inprocess": [{model, variant, provider, batch_size, threads, stable, window_images_per_s,
+    {"schema": "edgecnn-bench/1", "created", "commit", "command", "settings", "device",
+     "inprocess": [{model, variant, provider, batch_size, threads, callers, layout, stable, window_images_per_s,
                     images_per_s, latency: {count, mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms, items_per_s}}],
      "served": [{label, address, model, platform, batch_size, compute_floor,
                  points: [{served: POINT, echo: POINT | null, ratios: {...}}],
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,12 +35,27 @@ def build_report(command: str, settings: dict[str, Any], device: dict[str, Any],
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": source_commit(),
         "command": command,
         "settings": settings,
         "device": device,
         "inprocess": [r.as_dict() for r in inprocess],
         "served": [r.as_dict() for r in served],
     }
+
+
+def source_commit() -> str:
+    """The commit of the edgecnn checkout that measured ("+ uncommitted changes" when dirty), or "" when
+    edgecnn is not run from a git checkout (an installed wheel)."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return ""
+    return f"{head} + uncommitted changes" if dirty else head
 
 
 def schema_problems(report: dict[str, Any]) -> list[str]:

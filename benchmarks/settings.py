@@ -23,6 +23,9 @@ class BenchSettings:
     providers: tuple[str, ...] = _flag(("cpu",), "In-process providers: cpu, cuda, auto or onnxruntime names.", IN_PROCESS)
     batch_sizes: tuple[int, ...] = _flag((1, 8, 64), "In-process batch sizes.", IN_PROCESS)
     threads: int = _flag(0, "In-process onnxruntime intra-op threads (0: onnxruntime's default).", IN_PROCESS)
+    side_by_side: int = _flag(0, "One-thread in-process callers timed side by side as well, the server's own layout "
+                              "(0: as many instances as `edgecnn serve` runs here by default; 1: none). The compute "
+                              "floor is the fastest layout.", IN_PROCESS)
     warmup_s: float = _flag(0.5, "In-process warm-up seconds per configuration.", IN_PROCESS)
     window_s: float = _flag(0.5, "In-process measurement window, seconds.", IN_PROCESS)
     stability: float = _flag(0.10, "Stop when the last three windows' throughputs vary by at most this...", IN_PROCESS)
@@ -66,6 +69,8 @@ class BenchSettings:
             raise ValueError(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
         if self.server and self.start_server:
             raise ValueError("give either --server HOST:PORT or --start-server, not both")
+        if self.side_by_side < 0:
+            raise ValueError("--side-by-side must be >= 0 (0 = the server's default layout, 1 = none)")
         if self.clients < 0 or self.batch_size < 1:
             raise ValueError("--clients must be >= 0 (0 = auto) and --batch-size >= 1")
 

@@ -41,8 +41,9 @@ def _md_row(cells: list[str]) -> str:
 
 def device_line(device: dict[str, Any]) -> str:
     gpus = "".join(f"; GPU {gpu['name']}" for gpu in device["gpus"])
-    return (f"{device['cpu_model']}, {device['usable_cores']} usable cores, {device['memory_gib']} GiB, {device['os']}; "
-            f"onnxruntime {device['onnxruntime']} ({', '.join(device['onnxruntime_providers'])}){gpus}")
+    cpu_path = f" ({device['cpu_path']})" if device.get("cpu_path") else ""
+    return (f"{device['cpu_model']}{cpu_path}, {device['usable_cores']} usable cores, {device['memory_gib']} GiB, "
+            f"{device['os']}; onnxruntime {device['onnxruntime']} ({', '.join(device['onnxruntime_providers'])}){gpus}")
 
 
 def report_tables(report: dict[str, Any]) -> list[TextTable]:
@@ -63,18 +64,21 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 def markdown_report(report: dict[str, Any], plots: list[str]) -> str:
     """The whole report in markdown: the command, the device, every table, and the plots (relative paths)."""
-    parts = ["```", report["command"], "```", "", device_line(report["device"]) + f"; {report['created']}"]
+    commit = f"; commit {report['commit']}" if report.get("commit") else ""
+    parts = ["```", report["command"], "```", "", device_line(report["device"]) + f"; {report['created']}{commit}"]
     parts += ["\n" + table.markdown() for table in report_tables(report)]
     parts += [""] + [f"![{plot}]({plot})" for plot in plots]
     return "\n".join(parts) + "\n"
 
 
 def inprocess_table(rows: list[dict[str, Any]]) -> TextTable:
-    table = TextTable("In-process onnxruntime (compute floor)",
-                      ["variant", "provider", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "stable"], left=2)
+    table = TextTable("In-process onnxruntime (compute floor: the fastest layout)",
+                      ["variant", "provider", "layout", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                       "stable"], left=3)
     for r in rows:
         lat = r["latency"]
-        table.rows.append([r["variant"], r["provider"].replace("ExecutionProvider", ""), str(r["batch_size"]),
+        layout = r.get("layout", "1 caller")
+        table.rows.append([r["variant"], r["provider"].replace("ExecutionProvider", ""), layout, str(r["batch_size"]),
                            num(r["images_per_s"]), ms(lat["p50_ms"]), ms(lat["p90_ms"]), ms(lat["p99_ms"]),
                            ms(lat["max_ms"]), "yes" if r["stable"] else "no"])
     return table
@@ -98,8 +102,8 @@ def floors_table(run: dict[str, Any]) -> TextTable:
     floor = run["compute_floor"]
     caption = "no compute floor (no model file)"
     if floor:
-        caption = (f"compute floor: {num(floor['best_images_per_s'])} images/s at batch {floor['best_batch_size']}; "
-                   f"p50 {ms(floor['p50_ms_at_request_batch'])} ms at batch {run['batch_size']}")
+        caption = (f"compute floor: {num(floor['best_images_per_s'])} images/s at batch {floor['best_batch_size']}"
+                   f"{_layout_of(floor)}; p50 {ms(floor['p50_ms_at_request_batch'])} ms at batch {run['batch_size']}")
     table = TextTable(f"Floors: {run['label']} against the echo server (same load) and in-process onnxruntime",
                       ["load", "echo req/s", "echo p50 ms", "req/s / echo", "images/s / compute", "p50 / (echo + compute)",
                        "client cpu", "machine cpu"], caption=caption)
@@ -112,6 +116,16 @@ def floors_table(run: dict[str, Any]) -> TextTable:
                            times(ratios["requests_per_s_vs_echo"]), times(ratios["images_per_s_vs_compute"]),
                            times(ratios["p50_vs_echo_plus_compute"]), client, machine])
     return table
+
+
+def _layout_of(floor: dict[str, Any]) -> str:
+    """The floor's layout, and the best single caller beside it when the layout is not one (reports
+    written before layouts were measured have neither)."""
+    if "best_layout" not in floor:
+        return ""
+    single = floor.get("single_caller_images_per_s")
+    beside = f"; one caller at best: {num(single)} images/s" if single and single != floor["best_images_per_s"] else ""
+    return f", {floor['best_layout']}{beside}"
 
 
 def scenario_table(run: dict[str, Any]) -> TextTable:

@@ -30,7 +30,7 @@ def bench_run(tiny_model, tmp_path_factory):
     """One short `edgecnn bench MODEL --start-server` run, shared by the tests below."""
     out = tmp_path_factory.mktemp("bench")
     settings = BenchSettings(start_server=True, batch_sizes=(1, 4), batch_size=2, concurrency=(1, 3), rates=(100.0,),
-                             clients=2, out=str(out), **QUICK)
+                             clients=2, side_by_side=2, out=str(out), **QUICK)
     return run_bench([tiny_model], settings, "edgecnn bench tiny.onnx --start-server", progress=lambda _: None)
 
 
@@ -51,14 +51,34 @@ def test_broken_reports_are_named(bench_run):
     assert any("cpu_model" in p for p in problems) and any("latency" in p for p in problems)
 
 
-def test_in_process_figures_cover_every_batch_size(bench_run):
+def test_in_process_figures_cover_every_batch_size_in_both_layouts(bench_run):
     rows = bench_run.report["inprocess"]
-    assert sorted(r["batch_size"] for r in rows) == [1, 2, 4]  # 2: the served request's batch, its compute floor
+    # 2: the served request's batch, its compute floor; 2 callers: the server's layout, side by side
+    assert sorted((r["callers"], r["batch_size"]) for r in rows) == [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (2, 4)]
+    assert {r["layout"] for r in rows if r["callers"] == 2} == {"2 callers side by side, 1 thread each"}
     for r in rows:
         lat = r["latency"]
         assert r["variant"] == "fp32" and r["provider"] == "CPUExecutionProvider"
         assert lat["count"] > 0 and lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
         assert r["images_per_s"] > 0 and isinstance(r["stable"], bool) and len(r["window_images_per_s"]) >= 3
+
+
+def test_the_compute_floor_is_the_fastest_layout_with_the_single_caller_beside_it(bench_run):
+    rows = bench_run.report["inprocess"]
+    (run,) = bench_run.report["served"]
+    floor = run["compute_floor"]
+    fastest = max(rows, key=lambda r: r["images_per_s"])
+    assert floor["best_images_per_s"] == fastest["images_per_s"] and floor["best_layout"] == fastest["layout"]
+    assert floor["single_caller_images_per_s"] == max(r["images_per_s"] for r in rows if r["callers"] == 1)
+    assert floor["p50_ms_at_request_batch"] == min(r["latency"]["p50_ms"] for r in rows
+                                                   if r["batch_size"] == 2 and r["callers"] == 1)
+    assert fastest["layout"] in (bench_run.json_path.parent / "bench.md").read_text()
+
+
+def test_the_report_names_the_commit_it_measured(bench_run):
+    commit = bench_run.report["commit"]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert commit.startswith(head) if head else commit == ""
 
 
 def test_served_points_have_floors_ratios_and_the_servers_own_times(bench_run):
@@ -147,7 +167,7 @@ def test_the_echo_server_answers_with_the_canned_response_or_the_inputs(tiny_mod
 
 
 def test_in_process_runs_without_a_server(tiny_model):
-    (result,) = run_inprocess([tiny_model], BenchSettings(**QUICK), batch_sizes=(2,))
+    (result,) = run_inprocess([tiny_model], BenchSettings(side_by_side=1, **QUICK), batch_sizes=(2,))
     assert result.batch_size == 2 and result.latency.count == result.latencies_s.size
 
 
