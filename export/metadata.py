@@ -43,6 +43,11 @@ class ModelMetadata:
     variant: str = "fp32"  # fp32 | int8 | fp16 | dynamic
     source_run: str = ""
     test_accuracy: float | None = None
+    # int8 files: the recipe the export chose and the CPU it was timed on (export/cpu.py): on another
+    # CPU path another recipe may be faster. Empty in files written before these keys existed.
+    int8_recipe: str = ""
+    cpu_path: str = ""
+    cpu_model: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgecnn.export.cpu import cpu_path
 from edgecnn.export.metadata import ModelMetadata, metadata_of_session
 from edgecnn.serve.settings import ServeSettings
 
@@ -145,6 +146,7 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
         provider=provider,
     )
     _check_signature(model)
+    _warn_if_int8_chosen_on_another_cpu(model)
     warm_s = model.warm_up()
     if provider == CPU and settings.intra_op_threads_resolved > 1:
         _add_single_thread_session(model, settings)
@@ -164,6 +166,21 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
         },
     )
     return model
+
+
+def _warn_if_int8_chosen_on_another_cpu(model: Model) -> None:
+    """An int8 recipe is chosen for the CPU path it was timed on; on another path another recipe may be
+    faster, or int8 slower than fp32. Files without the record (older exports) say nothing."""
+    m = model.metadata
+    here = cpu_path()
+    if m.variant != "int8" or not m.cpu_path or m.cpu_path == here:
+        return
+    log.warning(
+        f"model {model.name} version {model.version}: its int8 recipe {m.int8_recipe or '(unrecorded)'} was chosen "
+        f"on CPU path {m.cpu_path}, this machine's is {here}, so its int8 speed here is unmeasured (another recipe "
+        "may be faster, or int8 slower than fp32); re-export it on this CPU (edgecnn export) to re-run the recipe search",
+        extra={"model": model.name, "version": model.version, "exported_on": m.cpu_path, "serving_on": here},
+    )
 
 
 def session_options(

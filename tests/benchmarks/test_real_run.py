@@ -177,7 +177,7 @@ def test_unavailable_provider_is_an_error_not_a_fallback(tiny_model):
 
 
 def test_benchmarks_never_import_torch():
-    modules = ["bench", "cli", "compare", "demo", "device", "echo", "inprocess", "loadgen", "payload", "plots",
+    modules = ["bench", "cli", "compare", "decompose", "demo", "device", "echo", "inprocess", "loadgen", "payload", "plots",
                "report", "scenarios", "servers", "serve_ratios", "settings", "stats", "tables", "timing"]
     code = "; ".join(f"import edgecnn.benchmarks.{m}" for m in modules) + "; import sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
