@@ -17,9 +17,12 @@ import onnxruntime as ort
 from edgecnn.benchmarks import inprocess
 from edgecnn.benchmarks.device import cpu_model
 from edgecnn.benchmarks.timing import interleaved, summarize
+from edgecnn.export.cpu import cpu_path, describe_cpu_path
 from edgecnn.export.metadata import INPUT_NAME, LOGITS
+from edgecnn.export.report import Int8Speed, SideTiming, SpeedupRounds
 
 EVALUATION_BATCH = 256
+WARMUP_CALLS = 3  # untimed calls per session before the first round: first runs of a shape allocate
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,8 @@ def time_sessions(
     """Median speed of each session at both batch sizes, the sessions interleaved (A B A B ...)."""
     stats = {}
     for batch_size in dict.fromkeys((latency_batch, throughput_batch)):  # once when both are the same size
-        batch = _batch_of(images, batch_size)
-        calls = {name: _caller(session, batch) for name, session in sessions.items()}
-        samples = interleaved(calls, rounds=rounds)
-        stats[batch_size] = {name: summarize(s, batch_size) for name, s in samples.items()}
+        samples = time_rounds(sessions, images, batch_size, rounds)
+        stats[batch_size] = {name: summarize(np.concatenate(s), batch_size) for name, s in samples.items()}
     return {
         name: Speed(
             latency_ms=stats[latency_batch][name].p50_ms,
@@ -85,25 +86,74 @@ def time_sessions(
     }
 
 
+def time_rounds(
+    sessions: dict[str, ort.InferenceSession], images: np.ndarray, batch_size: int, rounds: int
+) -> dict[str, list[np.ndarray]]:
+    """Seconds per call of each session at ``batch_size``, interleaved (A B A B ...), each round's samples apart."""
+    batch = _batch_of(images, batch_size)
+    calls = {name: _caller(session, batch) for name, session in sessions.items()}
+    windows = [interleaved(calls, rounds=1, warmup=WARMUP_CALLS if i == 0 else 0) for i in range(rounds)]
+    return {name: [window[name] for window in windows] for name in sessions}
+
+
+def time_fp32_vs_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    images: np.ndarray,
+    *,
+    recipe: str,
+    threads: int,
+    latency_batch: int,
+    throughput_batch: int,
+    rounds: int,
+) -> Int8Speed:
+    """fp32 against one int8 file in new sessions, A B A B at both batch sizes: the int8 figures to report."""
+    sessions = {"fp32": open_session(fp32_path, threads), "int8": open_session(int8_path, threads)}
+    compared = {}
+    for batch_size in dict.fromkeys((latency_batch, throughput_batch)):
+        samples = time_rounds(sessions, images, batch_size, rounds)
+        compared[batch_size] = compare_rounds(batch_size, samples["fp32"], samples["int8"])
+    latency, throughput = compared[latency_batch], compared[throughput_batch]
+    return Int8Speed(
+        recipe=recipe,
+        cpu_path=cpu_path(),
+        rounds=rounds,
+        latency=latency,
+        throughput=throughput,
+        never_slower=latency.never_slower and throughput.never_slower,
+    )
+
+
+def compare_rounds(batch_size: int, fp32_rounds: list[np.ndarray], int8_rounds: list[np.ndarray]) -> SpeedupRounds:
+    """Judge fp32 vs int8 round by round (seconds per call, one array per round, the rounds paired)."""
+    speedups = [float(np.median(fp32) / np.median(int8)) for fp32, int8 in zip(fp32_rounds, int8_rounds, strict=True)]
+    return SpeedupRounds(
+        batch=batch_size,
+        fp32=_side_timing(fp32_rounds, batch_size),
+        int8=_side_timing(int8_rounds, batch_size),
+        round_speedups=speedups,
+        median_speedup=float(np.median(speedups)),
+        worst_speedup=min(speedups),
+        never_slower=min(speedups) >= 1.0,
+    )
+
+
+def _side_timing(rounds: list[np.ndarray], batch_size: int) -> SideTiming:
+    overall = summarize(np.concatenate(rounds), batch_size)
+    return SideTiming(
+        ms=overall.p50_ms,
+        images_per_s=overall.items_per_s,
+        round_ms=[float(np.median(r) * 1e3) for r in rounds],
+    )
+
+
 def describe_machine(threads: int) -> dict[str, Any]:
-    """The CPU and runtime the timings were taken on: int8 speed depends on VNNI above all."""
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                flags = set(value.split())
-                break
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
-        vnni = "VNNI int8 dot products (" + ", ".join(sorted(flags & {"avx512_vnni", "avx_vnni"})) + ")"
-    elif "avx2" in flags:
-        vnni = "AVX2 without VNNI: int8 convolutions gain at most about 2x over float32"
-    else:
-        vnni = "no AVX2/VNNI flags seen"
+    """The CPU and runtime the timings were taken on: int8 speed depends on the CPU's int8 path above all."""
+    path = cpu_path()
     return {
         "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
-        "vnni": vnni,
+        "cpu_path": path,
+        "vnni": describe_cpu_path(path),
         "onnxruntime": ort.__version__,
         "threads": threads or "onnxruntime default (all physical cores)",
     }

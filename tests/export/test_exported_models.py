@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from edgecnn.export.cpu import cpu_path
 from edgecnn.export.exporter import pytorch_logits
 from edgecnn.export.metadata import read_metadata
 from edgecnn.train.checkpoint import load_run
@@ -122,3 +123,31 @@ def test_report_records_every_recipe_and_the_choice(report: dict):
     int8 = next(v for v in report["variants"] if v["variant"] == "int8")
     assert int8["recipe"] == report["chosen_recipe"]
     assert all(v["latency_ms"] > 0 and v["throughput_ips"] > 0 for v in report["variants"])
+
+
+def test_int8_file_records_its_recipe_and_the_cpu_path_it_was_chosen_on(exported: Path, report: dict):
+    int8 = read_metadata(exported / MODEL_FILES["int8"])
+    assert int8.int8_recipe == report["chosen_recipe"]
+    assert int8.cpu_path == cpu_path() == report["machine"]["cpu_path"]
+    assert int8.cpu_model
+    fp32 = read_metadata(exported / MODEL_FILES["fp32"])
+    assert (fp32.int8_recipe, fp32.cpu_path) == ("", "")
+
+
+def test_int8_speed_is_reported_from_a_fresh_timing_of_the_chosen_recipe(exported: Path, report: dict):
+    speed = report["int8_speed"]
+    assert speed["recipe"] == report["chosen_recipe"] and speed["cpu_path"] == cpu_path()
+    assert speed["latency"]["batch"] == 1 and speed["throughput"]["batch"] == 16
+    for side in ("latency", "throughput"):
+        judged = speed[side]
+        assert len(judged["round_speedups"]) == speed["rounds"] == 1
+        assert judged["worst_speedup"] == min(judged["round_speedups"])
+        assert judged["never_slower"] == (judged["worst_speedup"] >= 1.0)
+    assert speed["never_slower"] == (speed["latency"]["never_slower"] and speed["throughput"]["never_slower"])
+    rows = {v["variant"]: v for v in report["variants"]}
+    assert rows["int8"]["latency_ms"] == speed["latency"]["int8"]["ms"]  # the fresh figure, not the search's
+    assert rows["fp32"]["throughput_ips"] == speed["throughput"]["fp32"]["images_per_s"]
+    assert (rows["fp32"]["timing"], rows["int8"]["timing"], rows["fp16"]["timing"]) == ("fresh", "fresh", "search")
+    markdown = (exported / "report.md").read_text()
+    assert "a fresh timing of the chosen recipe" in markdown and "worst round" in markdown
+    assert "Never slower than fp32: " in markdown
