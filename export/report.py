@@ -110,7 +110,7 @@ def never_slower_verdict(speed: Int8Speed) -> str:
         return f"never slower than fp32: met ({_rounds(speed.rounds)} at each batch size, none slower)"
     failed = [
         f"{sum(r < 1.0 for r in s.round_speedups)} of {_rounds(speed.rounds)} at batch {s.batch} (worst {s.worst_speedup:.2f}x)"
-        for s in _batch_sizes(speed)
+        for s in batch_comparisons(speed)
         if not s.never_slower
     ]
     return "never slower than fp32: not met: slower in " + ", ".join(failed)
@@ -119,7 +119,7 @@ def never_slower_verdict(speed: Int8Speed) -> str:
 def int8_speed_summary(speed: Int8Speed) -> str:
     """One line: the median and worst-round speedups at both batch sizes, and the verdict."""
     figures = ", ".join(
-        f"{s.median_speedup:.2f}x fp32 at batch {s.batch} (worst round {s.worst_speedup:.2f}x)" for s in _batch_sizes(speed)
+        f"{s.median_speedup:.2f}x fp32 at batch {s.batch} (worst round {s.worst_speedup:.2f}x)" for s in batch_comparisons(speed)
     )
     return (
         f"{figures}; fresh A/B timing of {speed.recipe} on {speed.cpu_path}, {_rounds(speed.rounds)}; "
@@ -127,7 +127,7 @@ def int8_speed_summary(speed: Int8Speed) -> str:
     )
 
 
-def _batch_sizes(speed: Int8Speed) -> list[SpeedupRounds]:
+def batch_comparisons(speed: Int8Speed) -> list[SpeedupRounds]:
     """Both comparisons, once when the latency and throughput batches are the same size."""
     return [speed.latency] if speed.latency.batch == speed.throughput.batch else [speed.latency, speed.throughput]
 
@@ -269,7 +269,7 @@ def _int8_speed_markdown(speed: Int8Speed) -> list[str]:
         "| batch | fp32 ms | int8 ms | fp32 images/s | int8 images/s | median speedup | worst round | rounds below 1.0x |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in _batch_sizes(speed):
+    for s in batch_comparisons(speed):
         slower = sum(r < 1.0 for r in s.round_speedups)
         lines.append(
             f"| {s.batch} | {s.fp32.ms:.3f} | {s.int8.ms:.3f} | {s.fp32.images_per_s:,.0f} | {s.int8.images_per_s:,.0f} "
