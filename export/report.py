@@ -173,6 +173,7 @@ def print_report(report: ExportReport, console: Console) -> None:
     table.add_column("variant")
     for column in ("size", "accuracy", f"vs {report.reference}", f"ms @{s['latency_batch']}", f"img/s @{s['throughput_batch']}"):
         table.add_column(column, justify="right")
+    table.add_column("timing")
     table.add_column("status")
     for v in report.variants:
         table.add_row(
@@ -182,6 +183,7 @@ def print_report(report: ExportReport, console: Console) -> None:
             _points(v.accuracy_change),
             f"{v.latency_ms:.3f}",
             f"{v.throughput_ips:,.0f}",
+            v.timing,
             "[green]ok[/]" if v.ok else "[red]FAILED[/]",
         )
     console.print(table)

@@ -43,7 +43,7 @@ class ExportSettings:
     threads: int = 0  # onnxruntime intra-op threads for evaluation and timing; 0 = onnxruntime's default
     latency_batch: int = 1
     throughput_batch: int = 64
-    timing_rounds: int = 5  # interleaved timing windows per variant and batch size
+    timing_rounds: int = 5  # interleaved timing windows per variant and batch size: the search's, then fp32 vs the chosen int8's
 
     def check(self) -> None:
         """Raise ExportError for values out of range."""
