@@ -172,8 +172,10 @@ def _warn_if_int8_chosen_on_another_cpu(model: Model) -> None:
     """An int8 recipe is chosen for the CPU path it was timed on; on another path another recipe may be
     faster, or int8 slower than fp32. Files without the record (older exports) say nothing."""
     m = model.metadata
+    if m.variant != "int8" or not m.cpu_path:
+        return
     here = cpu_path()
-    if m.variant != "int8" or not m.cpu_path or m.cpu_path == here:
+    if m.cpu_path == here:
         return
     log.warning(
         f"model {model.name} version {model.version}: its int8 recipe {m.int8_recipe or '(unrecorded)'} was chosen "
