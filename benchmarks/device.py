@@ -17,8 +17,11 @@ def describe_device() -> dict[str, Any]:
     import numpy as np
     import onnxruntime as ort
 
+    from edgecnn.export.cpu import cpu_path
+
     return {
         "cpu_model": cpu_model(),
+        "cpu_path": cpu_path(),  # the int8 kernels' path: avx512_vnni, avx2, neon/dotprod, ...
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "cgroup_cpu_limit": cgroup_cpu_quota(),

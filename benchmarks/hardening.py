@@ -66,8 +66,9 @@ def print_block(block: str, out: Path | None) -> None:
 
 
 def machine_line() -> str:
-    vnni = "AVX-512 VNNI" if "avx512_vnni" in Path("/proc/cpuinfo").read_text() else "no VNNI (AVX2)"
-    return f"{cpu_model()}, {vnni}, {datetime.date.today().isoformat()}"
+    from edgecnn.export.cpu import cpu_path, describe_cpu_path
+
+    return f"{cpu_model()}, {describe_cpu_path(cpu_path())}, {datetime.date.today().isoformat()}"
 
 
 # --- security ----------------------------------------------------------------------------------

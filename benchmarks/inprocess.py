@@ -59,6 +59,8 @@ class InProcessResult:
     images_per_s: float  # the median of the last three windows' images / wall seconds
     latency: LatencyStats
     callers: int = 1  # runs side by side, each on ``threads`` intra-op threads
+    int8_recipe: str = ""  # an int8 file's recipe and the CPU path it was chosen on, from its metadata
+    recipe_cpu_path: str = ""
     latencies_s: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
     @property
@@ -136,12 +138,19 @@ def random_array(rng: np.random.Generator, shape: list[int], dtype: Any) -> np.n
 
 
 def variant_of(session: Any, model: str | Path) -> str:
+    return provenance_of(session, model)[0]
+
+
+def provenance_of(session: Any, model: str | Path) -> tuple[str, str, str]:
+    """(variant, int8 recipe, CPU path the recipe was chosen on) from the model's metadata; the file
+    name and two blanks for models without our metadata."""
     from edgecnn.export.metadata import MetadataError, metadata_of_session
 
     try:
-        return metadata_of_session(session).variant
+        meta = metadata_of_session(session)
     except MetadataError:
-        return Path(model).stem
+        return Path(model).stem, "", ""
+    return meta.variant, meta.int8_recipe, meta.cpu_path
 
 
 def measure(
@@ -199,9 +208,12 @@ def benchmark_model(
 ) -> InProcessResult:
     feed = random_feed(session, batch_size, settings.seed)
     stable, throughputs, latencies = measure(session, feed, batch_size, settings, callers)
+    variant, recipe, recipe_cpu_path = provenance_of(session, model)
     return InProcessResult(
         model=str(model),
-        variant=variant_of(session, model),
+        variant=variant,
+        int8_recipe=recipe,
+        recipe_cpu_path=recipe_cpu_path,
         provider=full_provider,
         batch_size=batch_size,
         threads=settings.threads if threads is None else threads,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -41,7 +42,7 @@ def _md_row(cells: list[str]) -> str:
 
 def device_line(device: dict[str, Any]) -> str:
     gpus = "".join(f"; GPU {gpu['name']}" for gpu in device["gpus"])
-    cpu_path = f" ({device['cpu_path']})" if device.get("cpu_path") else ""
+    cpu_path = f" (int8 path: {device['cpu_path']})" if device.get("cpu_path") else ""
     return (f"{device['cpu_model']}{cpu_path}, {device['usable_cores']} usable cores, {device['memory_gib']} GiB, "
             f"{device['os']}; onnxruntime {device['onnxruntime']} ({', '.join(device['onnxruntime_providers'])}){gpus}")
 
@@ -74,7 +75,7 @@ def markdown_report(report: dict[str, Any], plots: list[str]) -> str:
 def inprocess_table(rows: list[dict[str, Any]]) -> TextTable:
     table = TextTable("In-process onnxruntime (compute floor: the fastest layout)",
                       ["variant", "provider", "layout", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                       "stable"], left=3)
+                       "stable"], left=3, caption=recipes_caption(rows))
     for r in rows:
         lat = r["latency"]
         layout = r.get("layout", "1 caller")
@@ -82,6 +83,14 @@ def inprocess_table(rows: list[dict[str, Any]]) -> TextTable:
                            num(r["images_per_s"]), ms(lat["p50_ms"]), ms(lat["p90_ms"]), ms(lat["p99_ms"]),
                            ms(lat["max_ms"]), "yes" if r["stable"] else "no"])
     return table
+
+
+def recipes_caption(rows: list[dict[str, Any]]) -> str:
+    """Which int8 recipe each int8 file runs and the CPU path it was chosen on: a recipe chosen on another
+    path (say avx2, served on avx512_vnni) was never timed here against the others."""
+    recipes = {(r["model"], r.get("int8_recipe"), r.get("recipe_cpu_path")) for r in rows if r.get("int8_recipe")}
+    return "; ".join(f"{Path(model).name}: int8 recipe {recipe}, chosen on {path or 'an unrecorded CPU path'}"
+                     for model, recipe, path in sorted(recipes))
 
 
 def served_table(run: dict[str, Any]) -> TextTable:
