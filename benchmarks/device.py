@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from edgecnn.export.cpu import cpu_model
 from edgecnn.serve.settings import cgroup_cpu_quota, usable_cores
 
 
@@ -35,15 +36,6 @@ def describe_device() -> dict[str, Any]:
         "numpy": np.__version__,
         "gpus": _nvidia_gpus(),
     }
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):  # x86, Raspberry Pi, other ARM boards
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _memory_gib() -> float | None:

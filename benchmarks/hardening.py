@@ -35,7 +35,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from statistics import median
 
-from edgecnn.benchmarks.device import cpu_model
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_edgecnn_server
@@ -66,7 +65,7 @@ def print_block(block: str, out: Path | None) -> None:
 
 
 def machine_line() -> str:
-    from edgecnn.export.cpu import cpu_path, describe_cpu_path
+    from edgecnn.export.cpu import cpu_model, cpu_path, describe_cpu_path
 
     return f"{cpu_model()}, {describe_cpu_path(cpu_path())}, {datetime.date.today().isoformat()}"
 

@@ -58,3 +58,13 @@ def cpu_path(flags: set[str] | None = None, machine: str | None = None) -> str:
 
 def describe_cpu_path(path: str) -> str:
     return DESCRIPTIONS.get(path, path)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (x86, Raspberry Pi and other ARM boards), for reports and int8 metadata."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):  # x86, Raspberry Pi, other ARM boards
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

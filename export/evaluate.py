@@ -15,9 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecnn.benchmarks import inprocess
-from edgecnn.benchmarks.device import cpu_model
 from edgecnn.benchmarks.timing import interleaved, summarize
-from edgecnn.export.cpu import cpu_path, describe_cpu_path
+from edgecnn.export.cpu import cpu_model, cpu_path, describe_cpu_path
 from edgecnn.export.metadata import INPUT_NAME, LOGITS
 from edgecnn.export.report import Int8Speed, SideTiming, SpeedupRounds
 

@@ -26,9 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from edgecnn.benchmarks.device import cpu_model
 from edgecnn.export import evaluate, quantize
-from edgecnn.export.cpu import cpu_path
+from edgecnn.export.cpu import cpu_model, cpu_path
 from edgecnn.export.metadata import ModelMetadata, write_metadata
 from edgecnn.export.report import ExportReport, Int8Speed, RecipeResult, VariantResult, int8_speed_summary
 from edgecnn.export.settings import ExportError, ExportSettings
