@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -412,6 +413,31 @@ def _umask() -> int:
 # ----------------------------------------------------------------------------------------- the command
 
 
+def _check_model(model: Path) -> None:
+    """A missing, corrupt or foreign model file fails here in one sentence, not in each decode worker or Ray actor."""
+    from edgecnn.export.metadata import MetadataError, metadata_of_session
+    from edgecnn.serve.userfiles import ModelFileError, check_model_file
+
+    try:
+        metadata_of_session(check_model_file(model))
+    except ModelFileError as exc:
+        raise ClassifyError(str(exc)) from None
+    except MetadataError as exc:
+        raise ClassifyError(f"{model}: {exc}") from None
+
+
+def _check_ray_address(address: str) -> None:
+    """Ray retries an address where nothing listens for ever: knock once (5 s) when it names a HOST:PORT."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # auto, or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClassifyError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                            "start it, or leave the flag out for a local Ray instance") from None
+
+
 def classify(s: ClassifySettings) -> Report:
     """Classify every image of ``s.input`` with ``s.model`` into ``s.output``; ClassifyError for bad arguments."""
     if s.engine not in ENGINES:
@@ -429,8 +455,9 @@ def classify(s: ClassifySettings) -> Report:
             import ray.data  # noqa: F401
         except ImportError:
             raise ClassifyError(RAY_MISSING) from None
-    if not s.model.is_file():
-        raise ClassifyError(f"{s.model}: no such model file")
+        if s.ray_address:
+            _check_ray_address(s.ray_address)
+    _check_model(s.model)
     paths = find_images(s.input)
     if not paths:
         raise ClassifyError(f"{s.input}: no images found")

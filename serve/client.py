@@ -89,6 +89,9 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
     if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
         return address, FAILOVER_OPTIONS if is_failover(address) else []
     hosts = [part.strip() for part in address.split(",") if part.strip()]
+    if not hosts:
+        raise ValueError(f"{address!r} is not a server address: give HOST:PORT, several comma-separated, "
+                         "or dns:///NAME:PORT")
     if len(hosts) == 1:
         return hosts[0], []
     # gRPC's static list resolvers take addresses, not names: resolve each name once, here.
@@ -98,6 +101,12 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
     name = hosts[0].rsplit(":", 1)[0].strip("[]")
     options.append(("grpc.ssl_target_name_override", name))  # TLS checks the name the user gave
     return f"{family}:{','.join(resolved)}", options
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    """A failed call as one line for a command's error message: its status code and the first line of its details."""
+    details = (error.details() or "").strip().splitlines()
+    return f"{error.code().name}: {details[0]}" if details else error.code().name
 
 
 def is_failover(address: str) -> bool:

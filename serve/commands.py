@@ -91,7 +91,7 @@ def predict(
     model: Annotated[str, typer.Option(help="Model name (default: the only model the server serves).")] = "",
     version: Annotated[str, typer.Option(help="Model version (default: the highest).")] = "",
     top_k: Annotated[int, typer.Option(help="Labels to show per image.", min=1)] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.001)] = 10.0,
     tls: Annotated[bool, typer.Option(help="Use TLS, trusting the system's roots (or --tls-ca).")] = False,
     tls_ca: Annotated[Optional[Path], typer.Option(
         help="CA bundle (PEM) the server's certificate must chain to; turns TLS on.", show_default=False)] = None,
@@ -107,20 +107,19 @@ def predict(
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.serve.client import ChannelSecurity, InferenceClient
+    from edgecnn.serve.client import ChannelSecurity, InferenceClient, describe_rpc_error
 
+    encoded = _read_images(images)
     try:
         security = ChannelSecurity.from_files(tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                                               token_file=token_file)
-    except ValueError as exc:
+        with InferenceClient(server, timeout=timeout, security=security) as client:
+            result = client.infer(model, encoded, version=version, top_k=top_k)
+    except ValueError as exc:  # the TLS files, the token file, the --server address
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    try:
-        with InferenceClient(server, timeout=timeout, security=security) as client:
-            result = client.infer(model, [path.read_bytes() for path in images], version=version, top_k=top_k)
     except grpc.RpcError as error:
-        details = (error.details() or "").splitlines()[0] if error.details() else ""
-        typer.echo(f"error: {server}: {error.code().name}: {details}", err=True)
+        typer.echo(f"error: {server}: {describe_rpc_error(error)}", err=True)
         raise typer.Exit(1) from None
 
     table = Table(title=f"{result.model_name} (version {result.model_version}) at {server}")
@@ -130,6 +129,26 @@ def predict(
         for rank, c in enumerate(classes, start=1):
             table.add_row(str(path) if rank == 1 else "", str(rank), c.label, str(c.index), f"{c.score:.4f}")
     Console().print(table)
+
+
+def _read_images(paths: list[Path]) -> list[bytes]:
+    """Each file's bytes, decoded here as the server will decode them, so that a bad file is named
+    (the server can only say "image 3")."""
+    from edgecnn.serve.images import ImageDecodeError, decode_image
+    from edgecnn.serve.settings import PILLOW_PIXEL_LIMIT
+
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(path.read_bytes())
+            decode_image(encoded[-1], 1, 1, 1, max_pixels=PILLOW_PIXEL_LIMIT)
+        except OSError as exc:
+            typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        except ImageDecodeError as exc:
+            typer.echo(f"error: {path}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    return encoded
 
 
 def register(app: typer.Typer) -> None:

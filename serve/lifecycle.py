@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from edgecnn.export.metadata import MetadataError
 from edgecnn.serve.batcher import Batcher
 from edgecnn.serve.errors import ModelNotFound, shown
 from edgecnn.serve.metrics import Metrics
@@ -275,6 +276,8 @@ class ModelStore:
                 batcher = self._make_batcher(model, settings)
             except Exception as exc:  # noqa: BLE001 - whatever a bad file does, the serving version stays
                 self._index.pop(key, None)
+                if strict and isinstance(exc, MetadataError):  # its message does not name the file
+                    raise MetadataError(f"{source.path}: {exc}") from None
                 if strict:
                     raise
                 reason = f"load failed: {type(exc).__name__}: {shown(str(exc), 300, quote=False)}"

@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -134,10 +135,12 @@ class InferenceServer:
                 self._metrics_http, self.metrics_port = serve_metrics(
                     s.metrics_port, s.metrics_host_resolved, self.metrics.registry, tls=metrics_tls(s)
                 )
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode ("a..b")
+                flag = "check --metrics-host" if isinstance(exc, (socket.gaierror, UnicodeError)) else \
+                    "choose another --metrics-port"
                 raise OSError(
-                    f"cannot serve metrics on {s.metrics_host_resolved}:{s.metrics_port}: {exc.strerror or exc} "
-                    "(choose another --metrics-port, or --no-metrics)"
+                    f"cannot serve metrics on {s.metrics_host_resolved}:{s.metrics_port}: "
+                    f"{getattr(exc, 'strerror', None) or exc} ({flag}, or --no-metrics)"
                 ) from None
         address = f"{s.host}:{s.port}"
         try:

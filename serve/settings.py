@@ -182,6 +182,9 @@ class ServeSettings:
                      "trim_memory_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("port", "metrics_port"):
+            if getattr(self, name) > 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be at most 65535, got {getattr(self, name)}")
         if self.max_image_pixels > PILLOW_PIXEL_LIMIT:
             raise ValueError(f"--max-image-pixels can be at most {PILLOW_PIXEL_LIMIT:,} (Pillow's own limit)")
         if self.workers > 1 and self.port == 0:

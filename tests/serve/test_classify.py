@@ -246,5 +246,6 @@ def test_a_model_without_edgecnn_metadata_is_one_line(tiny_model, images, tmp_pa
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     result = run_classify(str(images), "--model", str(tmp_path / "bare.onnx"), "-o", str(tmp_path / "out.csv"))
     assert result.exit_code == 1
-    assert result.output.startswith("error: no edgecnn metadata in this model") and len(result.output.splitlines()) == 1
+    assert result.output.startswith(f"error: {tmp_path / 'bare.onnx'}: no edgecnn metadata in this model")
+    assert len(result.output.splitlines()) == 1
     assert not (tmp_path / "out.csv").exists() and [p.name for p in tmp_path.iterdir()] == ["bare.onnx"]

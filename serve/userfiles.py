@@ -1,0 +1,54 @@
+"""Checks of the files and folders a user names on the command line, each failing with one sentence naming the path.
+
+Commands run them before any work, so a missing, truncated or foreign model file, or an output folder that
+cannot be made, ends the command in one line instead of a traceback minutes later. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, a folder, or not an ONNX model onnxruntime can load; the message names it."""
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises for a file that is not a model it can load (bad protobuf, bad graph, unknown operator)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidArgument, state.NoSuchFile, state.NoModel, state.InvalidProtobuf,
+            state.InvalidGraph, state.NotImplemented)
+
+
+def check_model_file(path: str | Path) -> Any:
+    """Open ``path`` with onnxruntime (CPU, no graph optimisation: quick) and return the session."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not an ONNX model file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except _load_errors() as exc:
+        reason = str(exc).split(" : ")[-1].strip() or type(exc).__name__
+        raise ModelFileError(f"{path}: not an ONNX model onnxruntime can load ({reason})") from None
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a folder to write in (made if missing), or None: a file in the way, or no permission."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:  # not even the working folder exists: let the write say so
+        return None
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
