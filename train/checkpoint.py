@@ -90,7 +90,7 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_JSON
     if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is not a run directory (no such folder)")
+        raise RunDirError(f"{run_dir} is not a run directory ({'not a folder' if run_dir.exists() else 'no such folder'})")
     if not path.is_file():
         raise RunDirError(f"{path} does not exist: {run_dir} is not a run directory")
     try:

@@ -54,7 +54,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 @contextlib.contextmanager
-def _catching_user_errors():
+def catching_user_errors():
     """Bad input (a run dir, a dataset, a setting) ends the command in one line."""
     try:
         yield
@@ -158,7 +158,7 @@ def train_command(
         label_smoothing=label_smoothing, patience=patience, rotation=rotation, shift=shift, hflip=hflip,
         seed=seed, device=device, threads=threads, output_dir=output_dir, run_dir=run_dir,
     )
-    with needs_extra("train", "train"), _catching_user_errors():
+    with needs_extra("train", "train"), catching_user_errors():
         from edgecnn.train import trainer
 
         if resume:
@@ -182,7 +182,7 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of tables."),
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a run's best weights on a test split."""
-    with needs_extra("train", "evaluate"), _catching_user_errors():
+    with needs_extra("train", "evaluate"), catching_user_errors():
         from edgecnn.train.checkpoint import read_run_info
         from edgecnn.train.evaluate import evaluate_run
 

@@ -21,6 +21,9 @@ def class_folders(directory: Path) -> list[Path]:
     folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"{directory} has no class sub-folders (expected one folder of images per class)")
+    if len(folders) == 1:
+        raise DatasetError(f"{directory} has one class sub-folder ({folders[0].name}); a classifier needs at least "
+                           "two, one folder of images per class")
     return folders
 
 

@@ -72,16 +72,22 @@ class TrainSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate or 1}
-        for name, value in positive.items():
-            if value <= 0:
-                raise SettingsError(f"{name} must be positive, got {value}")
-        if not 0.0 <= self.val_split < 1.0:
-            raise SettingsError(f"val_split must be in [0, 1), got {self.val_split}")
+        # Each range by its flag (None: the default, e.g. the model's own learning rate).
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--lr": self.learning_rate}
+        at_least_zero = {"--weight-decay": self.weight_decay, "--patience": self.patience,
+                         "--rotation": self.rotation, "--threads": self.threads}
+        fractions = {"--val-split": self.val_split, "--label-smoothing": self.label_smoothing, "--shift": self.shift}
+        for flag, value in positive.items():
+            if value is not None and value <= 0:
+                raise SettingsError(f"{flag} must be positive, got {value}")
+        for flag, value in at_least_zero.items():
+            if value is not None and value < 0:
+                raise SettingsError(f"{flag} must be >= 0, got {value}")
+        for flag, value in fractions.items():
+            if not 0.0 <= value < 1.0:
+                raise SettingsError(f"{flag} must be in [0, 1), got {value}")
         if self.patience and not self.val_split:
-            raise SettingsError("early stopping (patience) needs a validation split: set val_split above 0")
-        if self.patience < 0 or self.rotation < 0 or not 0.0 <= self.shift < 1.0:
-            raise SettingsError("patience and rotation must be >= 0 and shift in [0, 1)")
+            raise SettingsError("early stopping (--patience) needs a validation split: set --val-split above 0")
 
     def dataset_spec(self) -> DatasetSpec:
         return DatasetSpec(

@@ -43,6 +43,7 @@ from edgecnn.train.models import (
 from edgecnn.train.normalisation import Normalisation
 from edgecnn.train.progress import EpochProgress
 from edgecnn.train.settings import Augmentation, SettingsError, TrainSettings
+from edgecnn.serve.userfiles import folder_problem
 from edgecnn.train.tensors import DeviceImages
 
 
@@ -66,6 +67,10 @@ def train(settings: TrainSettings, progress: bool = True, console: Console | Non
 
     ``nproc`` > 1 spawns the processes (as multiprocessing does: a calling script needs its
     ``if __name__ == "__main__":`` guard); in a process started by torchrun it joins torchrun's group."""
+    target = settings.run_dir or settings.output_dir
+    problem = folder_problem(target)  # before any data loads
+    if problem:
+        raise SettingsError(f"{'--run-dir' if settings.run_dir else '--output-dir'} {target}: {problem}")
     if _launching(nproc):
         _check(settings, nproc, launching=True)
         return _launch(nproc, settings, None, progress)
