@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecnn.benchmarks.settings import BenchSettings, DemoSettings, help_of
+from edgecnn.benchmarks.settings import BenchSettings, DemoSettings, as_csv, help_of
 
 B, D = BenchSettings(), DemoSettings()
 
@@ -19,20 +19,41 @@ def _bench(name: str, *flags: str) -> typer.models.OptionInfo:
     return typer.Option(*flags, **help_of(BenchSettings, name))
 
 
-def _csv(values: tuple) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+# The comma-separated flags: setting -> (the flag, the type of each value).
+LISTS = {"providers": ("--provider", str), "batch_sizes": ("--batch-sizes", int), "concurrency": ("--concurrency", int),
+         "rates": ("--rate", float), "scenarios": ("--scenario", str)}
 
 
-def _parse(text: str, kind: type) -> tuple:
-    return tuple(kind(v) for v in text.split(",") if v.strip())
+def _parse(text: str, flag: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of {kind.__name__}s",
+                                 param_hint=flag) from None
+
+
+def _check_inputs(models: list[Path], settings: BenchSettings) -> None:
+    """Bad model files and an --out that cannot be a folder fail now, in one sentence, not after minutes of timing."""
+    from edgecnn.serve.userfiles import check_model_file, folder_problem
+
+    for model in models:
+        check_model_file(model)
+    problem = folder_problem(settings.out)
+    if problem:
+        raise ValueError(f"--out {settings.out}: {problem}")
+
+
+def _fail(console, message: object) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
 
 
 def bench(
     models: Annotated[Optional[list[Path]], typer.Argument(
         help="ONNX model file(s), e.g. fp32 and int8 variants: benchmarked in-process, and the compute floor "
         "of the served model.", show_default=False)] = None,
-    providers: Annotated[str, _bench("providers", "--provider")] = _csv(B.providers),
-    batch_sizes: Annotated[str, _bench("batch_sizes")] = _csv(B.batch_sizes),
+    providers: Annotated[str, _bench("providers", "--provider")] = as_csv(B.providers),
+    batch_sizes: Annotated[str, _bench("batch_sizes")] = as_csv(B.batch_sizes),
     threads: Annotated[int, _bench("threads")] = B.threads,
     side_by_side: Annotated[int, _bench("side_by_side")] = B.side_by_side,
     warmup_s: Annotated[float, _bench("warmup_s", "--warmup")] = B.warmup_s,
@@ -45,9 +66,9 @@ def bench(
     model: Annotated[str, _bench("model")] = B.model,
     model_version: Annotated[str, _bench("model_version")] = B.model_version,
     batch_size: Annotated[int, _bench("batch_size")] = B.batch_size,
-    concurrency: Annotated[str, _bench("concurrency")] = _csv(B.concurrency),
-    rates: Annotated[str, _bench("rates", "--rate")] = _csv(B.rates),
-    scenarios: Annotated[str, _bench("scenarios", "--scenario")] = _csv(B.scenarios),
+    concurrency: Annotated[str, _bench("concurrency")] = as_csv(B.concurrency),
+    rates: Annotated[str, _bench("rates", "--rate")] = as_csv(B.rates),
+    scenarios: Annotated[str, _bench("scenarios", "--scenario")] = as_csv(B.scenarios),
     latency_bound_ms: Annotated[float, _bench("latency_bound_ms")] = B.latency_bound_ms,
     search_steps: Annotated[int, _bench("search_steps")] = B.search_steps,
     point_warmup_s: Annotated[float, _bench("point_warmup_s", "--point-warmup")] = B.point_warmup_s,
@@ -81,22 +102,25 @@ def bench(
     exit_on_sigterm()
     console = Console(width=None if sys.stdout.isatty() else 120)  # piped into a file: keep the tables whole
     if compare:
-        print_comparison(*compare, console=console)
+        try:
+            print_comparison(*compare, console=console)
+        except ValueError as exc:  # a file that is missing, not JSON, or not a bench report
+            raise _fail(console, exc) from None
         return
     try:
-        lists = {"providers": str, "batch_sizes": int, "concurrency": int, "rates": float, "scenarios": str}
-        settings = BenchSettings(**(flags | {name: _parse(flags[name], kind) for name, kind in lists.items()}))
+        settings = BenchSettings(**(flags | {name: _parse(flags[name], *LISTS[name]) for name in LISTS}))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
     from edgecnn.benchmarks.bench import run_bench
+    from edgecnn.benchmarks.servers import ServerStartError
 
     command = "edgecnn bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     try:
+        _check_inputs(list(models or []), settings)
         outcome = run_bench(list(models or []), settings, command, progress=console.print)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except (ValueError, ServerStartError) as exc:
+        raise _fail(console, exc) from None
     print_report(outcome.report, console)
     console.print(f"wrote {outcome.json_path}, bench.md and {len(outcome.plots)} plot(s) in {outcome.json_path.parent}")
 
@@ -117,11 +141,23 @@ def demo(
     """The whole pipeline on the embedded MNIST set: train, export fp32 + int8, serve, classify over gRPC, benchmark."""
     from rich.console import Console
 
-    from edgecnn.benchmarks.demo import run_demo
+    from edgecnn.serve.extras import needs_extra
+    from edgecnn.serve.userfiles import folder_problem
+    from edgecnn.train.cli import catching_user_errors
 
-    settings = DemoSettings(out=out, model=model, epochs=epochs, images=images, top_k=top_k,
-                            bench_seconds=bench_seconds, seed=seed)
-    run_demo(settings, Console(width=None if sys.stdout.isatty() else 120))
+    try:
+        settings = DemoSettings(out=out, model=model, epochs=epochs, images=images, top_k=top_k,
+                                bench_seconds=bench_seconds, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    problem = folder_problem(out)
+    if problem:
+        raise _fail(console, f"--out {out}: {problem}")
+    with needs_extra("train", "demo"), catching_user_errors():  # a bad --model ends in one line
+        from edgecnn.benchmarks.demo import run_demo
+
+        run_demo(settings, console)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from edgecnn.benchmarks.echo import SERVICE
-from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
+from edgecnn.serve.client import PLAINTEXT, ChannelSecurity, describe_rpc_error
 from edgecnn.benchmarks.inprocess import random_array
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.codec import DATATYPES
@@ -62,8 +62,12 @@ def fetch_model_spec(address: str, model: str, version: str = "", timeout_s: flo
     """The ModelMetadata RPC: the model's inputs (and the raw response, which the echo server can replay)."""
     with security.channel(address) as channel:
         call = channel.unary_unary(MODEL_METADATA)
-        raw = call(pb.ModelMetadataRequest(name=model, version=version).SerializeToString(), timeout=timeout_s,
-                   metadata=security.metadata)
+        try:
+            raw = call(pb.ModelMetadataRequest(name=model, version=version).SerializeToString(), timeout=timeout_s,
+                       metadata=security.metadata)
+        except grpc.RpcError as error:  # nothing listening, no such model, a token refused
+            raise ValueError(f"{address}: the metadata of model {model!r} could not be read: "
+                             f"{describe_rpc_error(error)}") from None
     response = pb.ModelMetadataResponse.FromString(raw)
     inputs = tuple(InputSpec(t.name, t.datatype, tuple(t.shape)) for t in response.inputs)
     return ModelSpec(response.name, version, response.platform, inputs), raw
@@ -89,7 +93,7 @@ def batch_shape(spec: InputSpec, batch_size: int) -> list[int]:
 
 def load_images(folder: str | Path, spec: InputSpec) -> np.ndarray:
     """Every image under ``folder``, decoded and resized to the input's [N, H, W, C] uint8 layout."""
-    from edgecnn.serve.images import decode_image
+    from edgecnn.serve.images import ImageDecodeError, decode_image
 
     if spec.datatype != "UINT8" or len(spec.shape) != 4 or spec.shape[3] not in (1, 3):
         raise ValueError(f"real images need a UINT8 [N, H, W, C] input; the server's is {spec.datatype} {list(spec.shape)}")
@@ -97,7 +101,13 @@ def load_images(folder: str | Path, spec: InputSpec) -> np.ndarray:
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return np.stack([decode_image(p.read_bytes(), height, width, channels, formats=None) for p in files])
+    images = []
+    for path in files:
+        try:
+            images.append(decode_image(path.read_bytes(), height, width, channels, formats=None))
+        except ImageDecodeError as exc:
+            raise ValueError(f"--images: {path}: {exc}") from None
+    return np.stack(images)
 
 
 def build_requests(

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +28,10 @@ def exit_on_sigterm() -> None:
     """Turn SIGTERM (a `timeout`, a CI runner) into SystemExit, so the `with` blocks below stop the servers
     and load generators they started instead of leaving them running with no parent."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+class ServerStartError(RuntimeError):
+    """A server the benchmark started exited or never became ready: bad --server-args, a bad model file."""
 
 
 @dataclass
@@ -80,18 +85,26 @@ def start_edgecnn_server(
         process = subprocess.Popen(command, stdout=sink, stderr=sink)
         try:
             server = ServerProcess(process, port)
-            _wait_ready(server, security)
+            _wait_ready(server, security, log)
             yield server
         finally:
             stop_process(process)
 
 
-def _wait_ready(server: ServerProcess, security: ChannelSecurity = PLAINTEXT) -> None:
-    try:
-        wait_until_ready(server.address, READY_TIMEOUT_S, security)
-    except TimeoutError:
-        code = server.process.poll()
-        raise RuntimeError(f"edgecnn serve did not become ready (exit code {code}); see its log") from None
+def _wait_ready(server: ServerProcess, security: ChannelSecurity = PLAINTEXT, log: Path | None = None) -> None:
+    """Until the server answers ServerReady; a server that exits (bad flags, a bad model) fails at once."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            wait_until_ready(server.address, 1.0, security)
+            return
+        except TimeoutError:
+            code = server.process.poll()
+            if code is None and time.monotonic() < deadline:
+                continue
+        what = f"exited with code {code}" if code is not None else f"was not ready after {READY_TIMEOUT_S:.0f} s"
+        where = f"its log {log} says why" if log else "run it alone to see why"
+        raise ServerStartError(f"`edgecnn {shlex.join(server.process.args[3:])}` {what}: {where}")
 
 
 def free_port() -> int:

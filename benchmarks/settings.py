@@ -5,6 +5,7 @@ The CLI builds its flags from these fields: the default and the help text live h
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -73,6 +74,26 @@ class BenchSettings:
             raise ValueError("--side-by-side must be >= 0 (0 = the server's default layout, 1 = none)")
         if self.clients < 0 or self.batch_size < 1:
             raise ValueError("--clients must be >= 0 (0 = auto) and --batch-size >= 1")
+        if not self.providers or not self.batch_sizes:
+            raise ValueError("--provider and --batch-sizes need at least one value each")
+        at_least = {"--batch-sizes": (self.batch_sizes, 1), "--concurrency": (self.concurrency, 1),
+                    "--distinct-requests": ((self.distinct_requests,), 1), "--search-steps": ((self.search_steps,), 1),
+                    "--threads": ((self.threads,), 0),
+                    "--warmup": ((self.warmup_s,), 0), "--point-warmup": ((self.point_warmup_s,), 0),
+                    "--stability": ((self.stability,), 0)}
+        for flag, (values, low) in at_least.items():
+            if any(v < low for v in values):
+                raise ValueError(f"{flag} must be >= {low}, got {as_csv(values)}")
+        above_zero = {"--rate": self.rates, "--window": (self.window_s,), "--max-seconds": (self.max_seconds,),
+                      "--duration": (self.duration_s,), "--timeout": (self.timeout_s,),
+                      "--latency-bound-ms": (self.latency_bound_ms,)}
+        for flag, values in above_zero.items():
+            if any(v <= 0 for v in values):
+                raise ValueError(f"{flag} must be > 0, got {as_csv(values)}")
+        try:
+            shlex.split(self.server_args)
+        except ValueError as exc:
+            raise ValueError(f"--server-args {self.server_args!r} is not a command line: {exc}") from None
 
     def security(self):
         """The served target's TLS and token, as the client and load generator take them."""
@@ -94,6 +115,23 @@ class DemoSettings:
     top_k: int = _flag(3, "Labels shown per image.")
     bench_seconds: float = _flag(1.5, "Measurement window of each served benchmark point, seconds.")
     seed: int = _flag(0, "Seed of training and of the images picked.")
+
+    def __post_init__(self) -> None:
+        from edgecnn.train.data import AGREED_TRAIN_IMAGES
+
+        test_images = 10_000 - AGREED_TRAIN_IMAGES  # the embedded set's test split
+        for flag, value in {"--epochs": self.epochs, "--images": self.images, "--top-k": self.top_k}.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.images > test_images:
+            raise ValueError(f"--images can be at most {test_images:,} (the embedded test split), got {self.images}")
+        if self.bench_seconds <= 0:
+            raise ValueError(f"--bench-seconds must be > 0, got {self.bench_seconds:g}")
+
+
+def as_csv(values: tuple) -> str:
+    """A tuple setting as its flag writes it: 1,8,64."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def help_of(settings: type, name: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecnn.benchmarks import bench as bench_module
+from edgecnn.benchmarks import cli as bench_cli
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.serve.cli import app
 
@@ -19,6 +20,7 @@ def captured(monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench_cli, "_check_inputs", lambda models, settings: None)  # no model files here
     return seen
 
 
