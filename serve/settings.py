@@ -18,6 +18,8 @@ ModelControlMode = Literal["none", "poll", "explicit"]
 MODEL_CONTROL_MODES: tuple[str, ...] = get_args(ModelControlMode)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS (89,478,485) whatever we allow.
 PILLOW_PIXEL_LIMIT = 2 * 89_478_485
 
@@ -169,6 +171,8 @@ class ServeSettings:
         object.__setattr__(self, "load_model", tuple(self.load_model or ()))
         if self.load_model and self.model_control_mode != "explicit":
             raise ValueError("--load-model goes with --model-control-mode explicit")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.repository_poll_s <= 0:
             raise ValueError(f"--repository-poll-s must be > 0, got {self.repository_poll_s}")
         for name in ("max_batch_size", "max_queue_size", "workers", "inter_op_threads", "gil_switch_interval_us",

@@ -14,6 +14,7 @@ from edgecnn.train.checkpoint import RUN_JSON, RunDirError, load_run
 from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
 from edgecnn.train.imageset import ImageSet
 from edgecnn.train.normalisation import Normalisation
+from edgecnn.train.settings import SettingsError
 from edgecnn.train.tensors import DeviceImages
 
 EVAL_BATCH = 256
@@ -52,6 +53,8 @@ def evaluate_run(
     run_dir: str | Path, spec: DatasetSpec | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
     """Evaluate the best weights of ``run_dir`` on the test split of ``spec`` (default: the run's own dataset)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda was asked for but this torch has no usable CUDA device: use --device cpu")
     loaded = load_run(run_dir, device=device)
     info = loaded.info
     if spec is None and "dataset" not in info:
