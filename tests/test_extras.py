@@ -30,6 +30,7 @@ def edge_run(*args: str) -> subprocess.CompletedProcess:
     ["export", "runs/some-run", "-o", "out"],
     ["train", "--epochs", "1"],
     ["evaluate", "runs/some-run"],
+    ["demo", "--out", "out"],
 ])
 def test_commands_of_the_train_extra_say_which_extra_to_install(tmp_path, args):
     (tmp_path / "model.onnx").write_bytes(b"whatever")
