@@ -288,7 +288,10 @@ def run_ray(paths: Sequence[str], model: Path, s: ClassifySettings, sink: Sink) 
     started_here = not ray.is_initialized()
     if started_here:
         where = {"address": s.ray_address} if s.ray_address else {"num_cpus": s.ray_cpus or usable_cores()}
-        ray.init(**where, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        try:
+            ray.init(**where, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        except ConnectionError as exc:  # "auto" with no cluster running
+            raise ClassifyError(f"--ray-address {s.ray_address}: {exc}") from None
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours is the one progress bar

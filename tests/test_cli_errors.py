@@ -130,6 +130,8 @@ NO_SERVER = [
     (["classify", "@data", "-m", "@folder", "-o", "@out.csv"], 1, ["folder is a folder, not an ONNX model file"]),
     (["classify", "@data", "-m", "@tiny.onnx", "-o", "@photo.png/out.csv"], 1, ["photo.png: cannot create"]),
     (["classify", "@data", "-m", "@tiny.onnx", "-o", "@out.txt"], 1, ["out.txt: the output must end in .csv"]),
+    (["classify", "@data", "-m", "@tiny.onnx", "-o", "@out.csv", "--engine", "ray", "--ray-address", "127.0.0.1:1"],
+     1, ["--ray-address 127.0.0.1:1: no Ray cluster answers there"]),
     # bench
     (["bench", "@missing.onnx"], 2, ["missing.onnx: no such model file"]),
     (["bench", "@truncated.onnx"], 2, ["truncated.onnx: not an ONNX model onnxruntime can load"]),
