@@ -90,7 +90,12 @@ def write_report(report: dict[str, Any], folder: Path) -> Path:
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
-    report = json.loads(Path(path).read_text())
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable JSON file: {exc}") from exc
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not an edgecnn bench report: it holds a JSON {type(report).__name__}, not an object")
     problems = schema_problems(report)
     if problems:
         raise ValueError(f"{path} is not an edgecnn bench report: {'; '.join(problems[:5])}")

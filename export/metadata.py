@@ -99,7 +99,10 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return metadata_of_session(session)
+    try:
+        return metadata_of_session(session)
+    except MetadataError as exc:
+        raise MetadataError(f"{path}: {exc}") from exc
 
 
 def metadata_of_session(session: Any) -> ModelMetadata:
