@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
-from edgecnn.benchmarks.hardening import command_line, machine_line, print_block
+from edgecnn.benchmarks.hardening import command_line, machine_line, print_block, side_by_side_parser
 from edgecnn.benchmarks.loadgen import LoadGenerator
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_echo_server, start_edgecnn_server
@@ -134,13 +134,7 @@ def markdown(args: argparse.Namespace, command: str, series: dict[str, Series]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="an exported MODEL.onnx")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are medians over them")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds measured per window")
-    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded load before each window, seconds")
-    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
-    parser.add_argument("--out", type=Path, help="also write the markdown block to this file")
+    parser = side_by_side_parser(__doc__)
     args = parser.parse_args(argv)
     exit_on_sigterm()
     print_block(markdown(args, command_line("edgecnn.benchmarks.decompose", argv), measure(args)), args.out)

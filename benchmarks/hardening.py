@@ -57,6 +57,18 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
 
+def side_by_side_parser(doc: str, rounds: int = 5) -> argparse.ArgumentParser:
+    """The flags every side-by-side script shares: MODEL, rounds, window, warm-up, clients, --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="an exported MODEL.onnx")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds; figures are medians over them")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds measured per window")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded load before each window, seconds")
+    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--out", type=Path, help="also write the markdown block to this file")
+    return parser
+
+
 def print_block(block: str, out: Path | None) -> None:
     """Print a markdown block for RESULTS.md, and write it to ``out`` too."""
     print(block)

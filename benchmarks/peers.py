@@ -62,7 +62,7 @@ import grpc
 import numpy as np
 
 from edgecnn.benchmarks.echo import SERVICE
-from edgecnn.benchmarks.hardening import command_line, machine_line, print_block
+from edgecnn.benchmarks.hardening import command_line, machine_line, print_block, side_by_side_parser
 from edgecnn.benchmarks.inprocess import ORT_DTYPES, ComputeFloor, best_of
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
@@ -558,17 +558,11 @@ def markdown(args: argparse.Namespace, command: str, run: Run, versions: dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="an exported MODEL.onnx")
+    parser = side_by_side_parser(__doc__, rounds=3)
     parser.add_argument("--mlserver-python", required=True, help="python of a venv with mlserver and onnxruntime")
     parser.add_argument("--triton-python", required=True, help="python of a venv with nvidia-pytriton and onnxruntime")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds measured per window")
-    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded load before each window, seconds")
-    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
     parser.add_argument("--peer-threads", type=int, default=0,
                         help="intra-op threads of the peers' onnxruntime sessions (0: onnxruntime's default)")
-    parser.add_argument("--out", type=Path, help="also write the markdown block to this file")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     run, versions = measure(args)

@@ -40,6 +40,7 @@ from typing import Callable
 
 
 from edgecnn.benchmarks.device import describe_device
+from edgecnn.benchmarks.hardening import side_by_side_parser
 from edgecnn.benchmarks.inprocess import ComputeFloor, best_of, layout_name, resolve_provider
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
@@ -165,14 +166,8 @@ def one_round(rig: Rig, lines: dict[str, Comparison]) -> list[LoadPoint]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="an exported MODEL.onnx")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are medians over them")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds measured per window")
-    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded load before each window, seconds")
-    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser = side_by_side_parser(__doc__)
     parser.add_argument("--server-args", default="", help="more `edgecnn serve` flags for both servers")
-    parser.add_argument("--out", type=Path, help="also write the markdown block to this file")
     args = parser.parse_args(argv)
     command = "python -m edgecnn.benchmarks.serve_ratios " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     exit_on_sigterm()
