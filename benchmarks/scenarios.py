@@ -67,12 +67,12 @@ class ServedRun:
 
 
 def compute_floor(inprocess: list[InProcessResult], batch_size: int) -> dict[str, Any] | None:
-    """The in-process figures a served point is held against: the lowest one-caller p50 at the request's
-    batch size, and the most images/s of any batch size and layout (the server's own layout of one-thread
-    runs side by side included). The best single caller stays beside it as a diagnostic."""
+    """The strictest in-process figures a served point is held against: the lowest p50 of any layout at the
+    request's batch size, and the most images/s of any batch size and layout (the server's own layout of
+    one-thread runs side by side included). The best single caller stays beside it as a diagnostic."""
     if not inprocess:
         return None
-    same_batch = [r for r in inprocess if r.batch_size == batch_size and r.callers == 1]
+    same_batch = [r for r in inprocess if r.batch_size == batch_size]
     best = max(inprocess, key=lambda r: r.images_per_s)
     single_callers = [r for r in inprocess if r.callers == 1]
     best_single = max(single_callers, key=lambda r: r.images_per_s) if single_callers else None

@@ -70,8 +70,7 @@ def test_the_compute_floor_is_the_fastest_layout_with_the_single_caller_beside_i
     fastest = max(rows, key=lambda r: r["images_per_s"])
     assert floor["best_images_per_s"] == fastest["images_per_s"] and floor["best_layout"] == fastest["layout"]
     assert floor["single_caller_images_per_s"] == max(r["images_per_s"] for r in rows if r["callers"] == 1)
-    assert floor["p50_ms_at_request_batch"] == min(r["latency"]["p50_ms"] for r in rows
-                                                   if r["batch_size"] == 2 and r["callers"] == 1)
+    assert floor["p50_ms_at_request_batch"] == min(r["latency"]["p50_ms"] for r in rows if r["batch_size"] == 2)
     assert fastest["layout"] in (bench_run.json_path.parent / "bench.md").read_text()
 
 
