@@ -157,8 +157,9 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def bench_settings(out: Path, settings: DemoSettings) -> BenchSettings:
-    """A short benchmark: two batch sizes in-process, two concurrencies served."""
-    return BenchSettings(start_server=True, batch_sizes=(1, 64), max_seconds=2.0, concurrency=(1, 8),
+    """A short benchmark: two batch sizes in-process (both layouts, short windows), two concurrencies served."""
+    return BenchSettings(start_server=True, batch_sizes=(1, 64), warmup_s=0.2, window_s=0.25, max_seconds=2.0,
+                         concurrency=(1, 8),
                          scenarios=("single-stream", "offline"), point_warmup_s=0.3, duration_s=settings.bench_seconds,
                          out=str(out))
 
@@ -166,7 +167,7 @@ def bench_settings(out: Path, settings: DemoSettings) -> BenchSettings:
 def bench_command(models: list[Path], s: BenchSettings) -> str:
     """The `edgecnn bench` command line equivalent to ``s``."""
     return (f"edgecnn bench {' '.join(map(str, models))} --start-server --batch-sizes {_csv(s.batch_sizes)} "
-            f"--max-seconds {s.max_seconds:g} --concurrency {_csv(s.concurrency)} --scenario {_csv(s.scenarios)} "
+            f"--warmup {s.warmup_s:g} --window {s.window_s:g} --max-seconds {s.max_seconds:g} --concurrency {_csv(s.concurrency)} --scenario {_csv(s.scenarios)} "
             f"--point-warmup {s.point_warmup_s:g} --duration {s.duration_s:g} --out {s.out}")
 
 
