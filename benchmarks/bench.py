@@ -47,24 +47,24 @@ def run_bench(
 
     served: list[ServedRun] = []
     if served_wanted:
+        security = settings.security()  # reads the token and TLS files once for every served model
         with LoadGenerator(settings.client_processes()) as loadgen:
             progress(f"served: {loadgen.processes} client process(es), {settings.duration_s:g} s per point")
             if settings.server:
                 model_file = models[0] if models else None
                 name, label = _name_and_label(model_file, settings.model)
                 served.append(run_served(settings.server, name, label, settings, loadgen,
-                                         _of(inprocess, model_file), progress))
+                                         _of(inprocess, model_file), progress, security))
             else:
                 for model in models:
                     name, label = _name_and_label(model, settings.model)
                     log = Path(settings.out) / f"server_{label}.log"
                     log.parent.mkdir(parents=True, exist_ok=True)
-                    with start_edgecnn_server(model, settings.server_args, log=log,
-                                              security=settings.security()) as server:
+                    with start_edgecnn_server(model, settings.server_args, log=log, security=security) as server:
                         flags = f" {settings.server_args}" if settings.server_args else ""
                         progress(f"started edgecnn serve {model}{flags} at {server.address} (log: {log})")
                         served.append(run_served(server.address, name, label, settings, loadgen,
-                                                 _of(inprocess, model), progress))
+                                                 _of(inprocess, model), progress, security))
 
     report = build_report(command, settings.as_dict(), describe_device(), inprocess, served)
     out = Path(settings.out)

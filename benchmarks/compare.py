@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -65,22 +64,9 @@ def _without_label(figures: dict[tuple, Any]) -> dict[tuple, Any]:
     return out
 
 
-def _load(path: str | Path) -> dict[str, Any]:
-    """load_report, with one sentence for a file that is missing, not JSON, or not a JSON object."""
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a bench.json file (not JSON: {exc})") from None
-    if not isinstance(report, dict):
-        raise ValueError(f"{path} is not an edgecnn bench report (not a JSON object)")
-    return load_report(path)
-
-
 def print_comparison(path_a: str | Path, path_b: str | Path, console: Console | None = None) -> None:
     console = console or Console()
-    a, b = _load(path_a), _load(path_b)
+    a, b = load_report(path_a), load_report(path_b)
     table = TextTable(f"B / A   (A = {path_a}, B = {path_b})", ["what", "metric", "A", "B", "B/A"], left=2)
     for what, metric, value_a, value_b in comparison_rows(a, b):
         shown = num if "/s" in metric else ms

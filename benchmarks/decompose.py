@@ -32,6 +32,7 @@ from edgecnn.benchmarks.hardening import command_line, machine_line, print_block
 from edgecnn.benchmarks.loadgen import LoadGenerator
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_echo_server, start_edgecnn_server
+from edgecnn.benchmarks.stats import median_and_worst
 from edgecnn.export.metadata import ModelMetadata, read_metadata, write_metadata
 
 CONCURRENCY = 16
@@ -101,7 +102,7 @@ def measure(args: argparse.Namespace) -> dict[str, Series]:
                 busy = loadgen.closed_loop(name, addresses[name], requests[name], 1, CONCURRENCY, **timing)
                 idle = loadgen.closed_loop(name, addresses[name], requests[name], 1, 1, **timing)
                 series[name].requests_per_s.append(busy.requests_per_s)
-                series[name].p50_ms.append(idle.latency.p50_ms if idle.latency else float("nan"))
+                series[name].p50_ms.append(idle.p50_ms)
                 series[name].errors += sum(busy.errors.values()) + sum(idle.errors.values())
             print(f"round {round_}/{args.rounds}: " + "; ".join(
                 f"{name} {s.requests_per_s[-1]:.0f} req/s, p50 {s.p50_ms[-1]:.2f} ms" for name, s in series.items()
@@ -126,10 +127,10 @@ def markdown(args: argparse.Namespace, command: str, series: dict[str, Series]) 
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in series.items():
-        rps = [a / b for a, b in zip(s.requests_per_s, echo.requests_per_s)]
-        p50 = [a / b for a, b in zip(s.p50_ms, echo.p50_ms)]
-        lines.append(f"| {name} | {median(s.requests_per_s):,.0f} | {median(rps):.2f}x ({min(rps):.2f}x) | "
-                     f"{median(s.p50_ms):.2f} | {median(p50):.2f}x ({max(p50):.2f}x) | {s.errors} |")
+        rps = median_and_worst([a / b for a, b in zip(s.requests_per_s, echo.requests_per_s)])
+        p50 = median_and_worst([a / b for a, b in zip(s.p50_ms, echo.p50_ms)], lower_is_better=True)
+        lines.append(f"| {name} | {median(s.requests_per_s):,.0f} | {rps[0]:.2f}x ({rps[1]:.2f}x) | "
+                     f"{median(s.p50_ms):.2f} | {p50[0]:.2f}x ({p50[1]:.2f}x) | {s.errors} |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,7 @@ from statistics import median
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_edgecnn_server
+from edgecnn.benchmarks.stats import median_and_worst
 from edgecnn.export.metadata import read_metadata
 from edgecnn.serve.client import PLAINTEXT, ChannelSecurity
 from edgecnn.serve.settings import ServeSettings
@@ -148,21 +149,21 @@ def compare_servers(args: argparse.Namespace, configs: dict, tmp: Path, big_batc
                         continue
                     point = loadgen.closed_loop(name, addresses[name], requests, batch, concurrency, **timing)
                     _no_errors(point, name)
-                    figures[name][key].append({"rps": point.requests_per_s, "p50": point.latency and point.latency.p50_ms,
+                    figures[name][key].append({"rps": point.requests_per_s, "p50": point.p50_ms,
                                                "big": point.images_per_s}[key])
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{n} {f['rps'][-1]:.0f} req/s p50 {f['p50'][-1]:.3f} ms" for n, f in figures.items()), file=sys.stderr)
-    columns = [("rps", f"req/s, 1-image RPCs, concurrency {CONCURRENCY}", min),
-               ("p50", "p50 ms, 1-image RPCs, concurrency 1", max)]
+    columns = [("rps", f"req/s, 1-image RPCs, concurrency {CONCURRENCY}", False),
+               ("p50", "p50 ms, 1-image RPCs, concurrency 1", True)]
     if big_batch:
-        columns.append(("big", f"images/s, {big_batch}-image RPCs, concurrency 4", min))
+        columns.append(("big", f"images/s, {big_batch}-image RPCs, concurrency 4", False))
     header = "| |" + "".join(f" {title} (median) | vs {first}: median | worst round |" for _, title, _ in columns)
     lines = [header, "|---|" + "---:|---:|---:|" * len(columns)]
     for name, f in figures.items():
         cells = []
-        for key, _, worst in columns:
-            ratios = [a / b for a, b in zip(f[key], figures[first][key])]
-            cells.append(f" {median(f[key]):,.{3 if key == 'p50' else 0}f} | {median(ratios):.3f}x | {worst(ratios):.3f}x |")
+        for key, _, lower_is_better in columns:
+            mid, worst = median_and_worst([a / b for a, b in zip(f[key], figures[first][key])], lower_is_better)
+            cells.append(f" {median(f[key]):,.{3 if key == 'p50' else 0}f} | {mid:.3f}x | {worst:.3f}x |")
         lines.append(f"| {name} |" + "".join(cells))
     return "\n".join(lines)
 

@@ -137,10 +137,6 @@ def random_array(rng: np.random.Generator, shape: list[int], dtype: Any) -> np.n
     return rng.random(shape, dtype=np.float32).astype(dtype)
 
 
-def variant_of(session: Any, model: str | Path) -> str:
-    return provenance_of(session, model)[0]
-
-
 def provenance_of(session: Any, model: str | Path) -> tuple[str, str, str]:
     """(variant, int8 recipe, CPU path the recipe was chosen on) from the model's metadata; the file
     name and two blanks for models without our metadata."""
@@ -167,15 +163,24 @@ def measure(
     while not is_stable(throughputs, settings.stability, STABLE_WINDOWS):
         if time.perf_counter() - started > settings.max_seconds and len(windows) >= STABLE_WINDOWS:
             break
-        if callers == 1:
-            window = time_calls(lambda: session.run(None, feed), warmup=0, min_calls=3, min_seconds=settings.window_s)
-            throughputs.append(batch_size * window.size / float(window.sum()))
-        else:
-            window, elapsed = side_by_side(session, feed, callers, settings.window_s)
-            throughputs.append(batch_size * window.size / elapsed)
+        window, images_per_s = timed_window(session, feed, batch_size, callers, settings.window_s)
         windows.append(window)
+        throughputs.append(images_per_s)
     stable = is_stable(throughputs, settings.stability, STABLE_WINDOWS)
     return stable, throughputs, np.concatenate(windows[-STABLE_WINDOWS:])
+
+
+def timed_window(session: Any, feed: dict[str, np.ndarray], batch_size: int, callers: int, seconds: float,
+                 warmup: int = 0) -> tuple[np.ndarray, float]:
+    """One window of back-to-back runs by ``callers`` (one: this thread; more: side by side): every call's
+    seconds and the window's images/s."""
+    if callers == 1:
+        window = time_calls(lambda: session.run(None, feed), warmup=warmup, min_calls=3, min_seconds=seconds)
+        return window, batch_size * window.size / float(window.sum())
+    for _ in range(warmup):
+        session.run(None, feed)
+    window, elapsed = side_by_side(session, feed, callers, seconds)
+    return window, batch_size * window.size / elapsed
 
 
 def side_by_side(session: Any, feed: dict[str, np.ndarray], callers: int, seconds: float) -> tuple[np.ndarray, float]:
@@ -271,15 +276,11 @@ class ComputeFloor:
     def images_per_s(self, batch: int, seconds: float) -> dict[str, float]:
         """Images/s of every layout at this batch size, by layout name."""
         feed = self.feeds[batch]
-        figures = {}
-        for threads, session in self.sessions.items():
-            window = time_calls(lambda s=session: s.run(None, feed), warmup=2, min_calls=3, min_seconds=seconds)
-            figures[layout_name(1, threads)] = batch * window.size / float(window.sum())
+        figures = {layout_name(1, threads): timed_window(session, feed, batch, 1, seconds, warmup=2)[1]
+                   for threads, session in self.sessions.items()}
         if self.callers > 1 and 1 in self.sessions:
-            session = self.sessions[1]
-            session.run(None, feed)
-            window, elapsed = side_by_side(session, feed, self.callers, seconds)
-            figures[layout_name(self.callers, 1)] = batch * window.size / elapsed
+            figures[layout_name(self.callers, 1)] = timed_window(self.sessions[1], feed, batch, self.callers, seconds,
+                                                                 warmup=1)[1]
         return figures
 
     def p50_ms(self, batch: int, seconds: float) -> float:

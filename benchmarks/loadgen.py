@@ -107,6 +107,11 @@ class LoadPoint:
     client: ClientLoad
     latencies_s: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
+    @property
+    def p50_ms(self) -> float:
+        """The median latency, NaN when no request was answered."""
+        return self.latency.p50_ms if self.latency else float("nan")
+
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "latencies_s"}
 

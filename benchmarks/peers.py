@@ -67,6 +67,7 @@ from edgecnn.benchmarks.inprocess import ORT_DTYPES, ComputeFloor, best_of
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
 from edgecnn.benchmarks.servers import exit_on_sigterm, free_port, start_echo_server, start_edgecnn_server
+from edgecnn.benchmarks.stats import median_and_worst
 from edgecnn.export.metadata import PROBABILITIES, read_metadata
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.codec import response_arrays
@@ -394,13 +395,9 @@ def one_round(run: Run) -> None:
     run.floors.echo_requests_per_s.append(run.point(run.echo, False, SMALL_CONCURRENCY).requests_per_s)
 
     for target in run.targets:
-        run.figures[target.name].p50_ms.append(p50_ms(run.point(target, False, 1)))
-    run.floors.echo_p50_ms.append(p50_ms(run.point(run.echo, False, 1)))
+        run.figures[target.name].p50_ms.append(run.point(target, False, 1).p50_ms)
+    run.floors.echo_p50_ms.append(run.point(run.echo, False, 1).p50_ms)
     run.floors.inprocess_p50_ms.append(run.compute.p50_ms(1, run.window_s))
-
-
-def p50_ms(point: LoadPoint) -> float:
-    return point.latency.p50_ms if point.latency else math.nan
 
 
 def target_of(name: str, address: str, model_name: str) -> Target:
@@ -464,9 +461,9 @@ def ratio_cells(figures: list[float], floors: list[float], lower_is_better: bool
     ratios = [f / fl if fl > 0 else math.nan for f, fl in zip(figures, floors)]
     if any(math.isnan(r) for r in ratios):
         return "n/a | n/a | n/a"
-    worst = max(ratios) if lower_is_better else min(ratios)
+    mid, worst = median_and_worst(ratios, lower_is_better)
     digits = 2 if lower_is_better else 0
-    return f"{median(figures):,.{digits}f} | {median(ratios):.2f}x | {worst:.2f}x"
+    return f"{median(figures):,.{digits}f} | {mid:.2f}x | {worst:.2f}x"
 
 
 def peer_table(figures: dict[str, ServerFigures], floors: Floors) -> str:

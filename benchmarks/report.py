@@ -91,11 +91,13 @@ def write_report(report: dict[str, Any], folder: Path) -> Path:
 
 def load_report(path: str | Path) -> dict[str, Any]:
     try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable JSON file: {exc}") from exc
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a bench.json file (not JSON: {exc})") from None
     if not isinstance(report, dict):
-        raise ValueError(f"{path} is not an edgecnn bench report: it holds a JSON {type(report).__name__}, not an object")
+        raise ValueError(f"{path} is not an edgecnn bench report (not a JSON object)")
     problems = schema_problems(report)
     if problems:
         raise ValueError(f"{path} is not an edgecnn bench report: {'; '.join(problems[:5])}")

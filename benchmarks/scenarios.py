@@ -15,7 +15,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edgecnn.benchmarks.inprocess import InProcessResult
+from edgecnn.benchmarks.inprocess import InProcessResult, best_floor
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once, load_images
 from edgecnn.benchmarks.servers import start_echo_server
@@ -73,9 +73,9 @@ def compute_floor(inprocess: list[InProcessResult], batch_size: int) -> dict[str
     if not inprocess:
         return None
     same_batch = [r for r in inprocess if r.batch_size == batch_size]
-    best = max(inprocess, key=lambda r: r.images_per_s)
+    best = best_floor(inprocess)
     single_callers = [r for r in inprocess if r.callers == 1]
-    best_single = max(single_callers, key=lambda r: r.images_per_s) if single_callers else None
+    best_single = best_floor(single_callers) if single_callers else None
     return {
         "model": best.model,
         "provider": best.provider,
@@ -143,8 +143,10 @@ def run_served(
     loadgen: LoadGenerator,
     inprocess: list[InProcessResult],
     progress: Callable[[str], None] = print,
+    security: ChannelSecurity | None = None,
 ) -> ServedRun:
-    security = settings.security()
+    """``security``: how to reach the server, when the caller has already read it from ``settings``."""
+    security = security or settings.security()
     spec, metadata_raw = fetch_model_spec(address, model_name, settings.model_version, settings.timeout_s, security)
     images = load_images(settings.images, spec.inputs[0]) if settings.images else None
     requests = build_requests(spec, settings.batch_size, settings.distinct_requests, images, settings.seed)

@@ -46,6 +46,7 @@ from edgecnn.benchmarks.hardening import side_by_side_parser
 from edgecnn.benchmarks.inprocess import ComputeFloor, best_of, layout_name, resolve_provider
 from edgecnn.benchmarks.loadgen import LoadGenerator, LoadPoint
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
+from edgecnn.benchmarks.stats import median_and_worst
 from edgecnn.benchmarks.servers import exit_on_sigterm, start_echo_server, start_edgecnn_server
 from edgecnn.export.metadata import read_metadata
 
@@ -73,7 +74,7 @@ class Comparison:
         return [s / f for s, f in zip(self.served, self.floor) if f > 0]
 
     def worst(self) -> float:
-        return max(self.ratios()) if self.lower_is_better else min(self.ratios())
+        return median_and_worst(self.ratios(), self.lower_is_better)[1]
 
     def verdict(self) -> str:
         """yes / **no** on the median (every round for "never slower"), naming a failed round either way."""
@@ -165,10 +166,10 @@ def one_round(rig: Rig, lines: dict[str, Comparison]) -> list[LoadPoint]:
     lines["hop-b"].served.append(rig.served(rig.echo_hop, rig.single, 1, SMALL_CONCURRENCY).requests_per_s)
     lines["hop-b"].floor.append(lines["b"].floor[-1])
 
-    lines["c"].served.append(_p50(rig.served(rig.batching_on, rig.single, 1, 1)))
-    echo_p50 = _p50(rig.served(rig.echo, rig.single, 1, 1))
+    lines["c"].served.append(rig.served(rig.batching_on, rig.single, 1, 1).p50_ms)
+    echo_p50 = rig.served(rig.echo, rig.single, 1, 1).p50_ms
     lines["c"].floor.append(echo_p50 + rig.in_process_p50_ms(1))
-    lines["hop-c"].served.append(_p50(rig.served(rig.echo_hop, rig.single, 1, 1)))
+    lines["hop-c"].served.append(rig.served(rig.echo_hop, rig.single, 1, 1).p50_ms)
     lines["hop-c"].floor.append(echo_p50)
     return [on]
 
@@ -208,10 +209,6 @@ def measure(args: argparse.Namespace, command: str) -> str:
                     f"{key} {c.served[-1]:.4g} vs {c.floor[-1]:.4g} {c.unit}" for key, c in lines.items()
                 ), file=sys.stderr, flush=True)
     return markdown(args, command, spec.name, list(lines.values()), rig, batching_points)
-
-
-def _p50(point: LoadPoint) -> float:
-    return point.latency.p50_ms if point.latency else float("nan")
 
 
 def markdown(args: argparse.Namespace, command: str, model_name: str, comparisons: list[Comparison],

@@ -60,3 +60,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return float(numerator / denominator)
+
+
+def median_and_worst(ratios: Sequence[float], lower_is_better: bool = False) -> tuple[float, float]:
+    """The median over rounds and the worst round: the highest where lower is better (latency), else the lowest."""
+    return float(np.median(ratios)), max(ratios) if lower_is_better else min(ratios)
