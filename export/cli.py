@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgecnn.serve.extras import needs_extra
+from edgecnn.train.commandline import needs_extra
 from edgecnn.export.settings import (
     CALIBRATION_METHODS,
     CalibrationMethod,

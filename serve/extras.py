@@ -1,34 +1,11 @@
 """One sentence instead of a ModuleNotFoundError traceback when a command needs an extra that is not installed.
 
-The edge install (`pip install edgecnn[serve]`) has no torch, onnx or matplotlib; `edgecnn train`,
-`evaluate` and `export` need the `train` extra. Commands wrap their heavy imports and work in
-``needs_extra``.
+Defined in ``edgecnn.train.commandline`` (the lowest layer, so train/ and export/ use it without importing
+serve/); serve/ and benchmarks/ keep importing it from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from edgecnn.train.commandline import EXTRA_MODULES, needs_extra
 
-import typer
-
-# Top-level modules each extra brings, as `import` names.
-EXTRA_MODULES = {
-    "train": {"torch", "onnx", "onnxscript", "safetensors", "matplotlib", "onnxruntime"},
-    "serve": {"onnxruntime", "grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client"},
-    "ray": {"ray", "pyarrow"},
-}
-
-
-@contextlib.contextmanager
-def needs_extra(extra: str, command: str) -> Iterator[None]:
-    """Turn a missing module of ``extra`` into "error: `edgecnn COMMAND` needs ..." and exit 1."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing not in EXTRA_MODULES[extra]:
-            raise
-        typer.echo(f"error: `edgecnn {command}` needs the {extra} extra ({missing} is not installed): "
-                   f"pip install 'edgecnn[{extra}]'", err=True)
-        raise typer.Exit(1) from None
+__all__ = ["EXTRA_MODULES", "needs_extra"]

@@ -6,9 +6,12 @@ cannot be made, ends the command in one line instead of a traceback minutes late
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from edgecnn.train.files import folder_problem  # defined in the lowest layer; serve/ and benchmarks/ import it from here
+
+__all__ = ["ModelFileError", "check_model_file", "folder_problem"]
 
 
 class ModelFileError(ValueError):
@@ -39,16 +42,3 @@ def check_model_file(path: str | Path) -> Any:
     except _load_errors() as exc:
         reason = str(exc).split(" : ")[-1].strip() or type(exc).__name__
         raise ModelFileError(f"{path}: not an ONNX model onnxruntime can load ({reason})") from None
-
-
-def folder_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a folder to write in (made if missing), or None: a file in the way, or no permission."""
-    path = Path(path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None:  # not even the working folder exists: let the write say so
-        return None
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None

@@ -8,6 +8,9 @@ A map, in the order data flows:
 - ``trainer``: ``train(settings)`` and ``resume(run_dir)``, on one process or several (``nproc``, or
   under torchrun); ``augment``, ``normalisation``, ``tensors`` and ``progress`` serve it, and
   ``distributed`` holds the launcher (torchrun's) and the process group (DDP: gloo on CPU, NCCL on CUDA).
-- ``checkpoint``: the run directory (``load_run``, ``RunDirError``); ``files``: atomic writes.
+- ``checkpoint``: the run directory (``load_run``, ``RunDirError``); ``files``: atomic writes and
+  ``folder_problem`` (an output folder's check).
 - ``evaluate``: ``evaluate_run(run_dir)``; ``plots``: the run's figures; ``cli``: the commands.
+- ``commandline``: torch-free helpers every part's commands share (``needs_extra``); the lowest layer, so
+  export/, serve/ and benchmarks/ import them from here.
 """

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from edgecnn.train.data import DATASETS, DatasetError, DatasetSpec
 from edgecnn.train.settings import DEVICES, LR_SCHEDULES, OPTIMIZERS, SettingsError, TrainSettings
-from edgecnn.serve.extras import needs_extra
+from edgecnn.train.commandline import needs_extra
 
 # Flags that take one of a few values are Literal types: `--help` lists them, anything else is refused with the list.
 DatasetName = Literal[DATASETS]

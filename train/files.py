@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
 
 Generic on purpose: the trainer writes run directories with it and export/ writes .onnx files.
+``folder_problem`` checks an output folder a user names before any work (every part's commands use it).
 """
 
 from __future__ import annotations
@@ -53,3 +54,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a folder to write in (made if missing), or None: a file in the way, or no permission."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:  # not even the working folder exists: let the write say so
+        return None
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

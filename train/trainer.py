@@ -36,6 +36,7 @@ from edgecnn.train.augment import augment
 from edgecnn.train.data import load_splits, split_validation
 from edgecnn.train.distributed import Group
 from edgecnn.train.evaluate import EVAL_BATCH, confusion_matrix, predict
+from edgecnn.train.files import folder_problem
 from edgecnn.train.imageset import DatasetError, ImageSet
 from edgecnn.train.models import (
     ModelConfigError, check_options, count_parameters, create_model, default_learning_rate,
@@ -43,7 +44,6 @@ from edgecnn.train.models import (
 from edgecnn.train.normalisation import Normalisation
 from edgecnn.train.progress import EpochProgress
 from edgecnn.train.settings import Augmentation, SettingsError, TrainSettings
-from edgecnn.serve.userfiles import folder_problem
 from edgecnn.train.tensors import DeviceImages
 
 
