@@ -8,6 +8,7 @@ may lose on another. Torch-free and onnx-free: serve/ reads it.
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -30,12 +31,25 @@ DESCRIPTIONS = {
 }
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The first CPU's feature flags: ``flags`` on x86, ``Features`` on ARM; empty where unreadable."""
+def _read_text(path: Path) -> str:
     try:
-        text = cpuinfo.read_text()
+        return path.read_text()
     except OSError:
-        return set()
+        return ""
+
+
+@functools.cache
+def host_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo, read once per process (an export asks for its flags and model many
+    times); empty where unreadable (macOS, Windows)."""
+    return _read_text(CPUINFO)
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The first CPU's feature flags: ``flags`` on x86, ``Features`` on ARM; empty where unreadable.
+
+    This machine's file (the default) is read once per process; another (a test's) every call."""
+    text = host_cpuinfo() if cpuinfo == CPUINFO else _read_text(cpuinfo)
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
@@ -62,9 +76,7 @@ def describe_cpu_path(path: str) -> str:
 
 def cpu_model() -> str:
     """The CPU's model name (x86, Raspberry Pi and other ARM boards), for reports and int8 metadata."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):  # x86, Raspberry Pi, other ARM boards
-                return line.split(":", 1)[1].strip()
+    for line in host_cpuinfo().splitlines():
+        if line.startswith(("model name", "Model", "Hardware")):  # x86, Raspberry Pi, other ARM boards
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
