@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecnn.benchmarks import inprocess
-from edgecnn.benchmarks.timing import interleaved, summarize
+from edgecnn.benchmarks.timing import interleaved_rounds, summarize
 from edgecnn.export.cpu import cpu_model, cpu_path, describe_cpu_path
 from edgecnn.export.metadata import INPUT_NAME, LOGITS
 from edgecnn.export.report import Int8Speed, SideTiming, SpeedupRounds
@@ -91,8 +91,7 @@ def time_rounds(
     """Seconds per call of each session at ``batch_size``, interleaved (A B A B ...), each round's samples apart."""
     batch = _batch_of(images, batch_size)
     calls = {name: _caller(session, batch) for name, session in sessions.items()}
-    windows = [interleaved(calls, rounds=1, warmup=WARMUP_CALLS if i == 0 else 0) for i in range(rounds)]
-    return {name: [window[name] for window in windows] for name in sessions}
+    return interleaved_rounds(calls, rounds=rounds, warmup=WARMUP_CALLS)
 
 
 def time_fp32_vs_int8(
