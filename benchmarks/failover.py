@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ import grpc
 import numpy as np
 
 from edgecnn.benchmarks.hardening import command_line, machine_line, print_block
-from edgecnn.benchmarks.payload import wait_until_ready
-from edgecnn.benchmarks.servers import exit_on_sigterm, free_port, stop_process
+from edgecnn.benchmarks.servers import exit_on_sigterm, free_port, spawn_edgecnn_server, stop_process
 from edgecnn.export.metadata import read_metadata
 from edgecnn.serve.client import InferenceClient
 
@@ -32,11 +30,7 @@ HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 def start_replica(model: Path, host: str, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(model),
-               "--host", host, "--port", str(port), "--metrics-port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
-    wait_until_ready(f"{host}:{port}", 60)
-    return process
+    return spawn_edgecnn_server(model, host, port, log=log).process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exit_on_sigterm()
     command = command_line("edgecnn.benchmarks.failover", argv)
-    name = read_metadata(args.model).name
+    meta = read_metadata(args.model)
+    name = meta.name
     port = free_port()
     log = Path("/tmp/edgecnn-failover.log")
     replicas = {host: start_replica(args.model, host, port, log) for host in HOSTS}
     records: list[tuple[float, float, str]] = []  # (sent, seconds, status)
     lock = threading.Lock()
     stop = threading.Event()
-    meta = read_metadata(args.model)
     pixels = np.random.default_rng(0).integers(0, 256, (1, meta.height, meta.width, meta.channels), dtype=np.uint8)
     phases: list[tuple[str, float, float]] = []
     try:

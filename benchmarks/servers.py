@@ -38,10 +38,11 @@ class ServerStartError(RuntimeError):
 class ServerProcess:
     process: subprocess.Popen
     port: int
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 @contextlib.contextmanager
@@ -77,18 +78,31 @@ def start_edgecnn_server(
     ``extra_args`` turn on TLS or tokens. ``python``: the interpreter of another installed edgecnn
     (an older checkout's venv, for before/after comparisons).
     """
-    port = free_port()
     args = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
+    server = spawn_edgecnn_server(model, "127.0.0.1", free_port(), args, log, security, python)
+    try:
+        yield server
+    finally:
+        stop_process(server.process)
+
+
+def spawn_edgecnn_server(
+    model: str | Path, host: str, port: int, args: Sequence[str] = (), log: Path | None = None,
+    security: ChannelSecurity = PLAINTEXT, python: str = sys.executable,
+) -> ServerProcess:
+    """`edgecnn serve MODEL` on ``host:port``, once it answers ServerReady; the caller stops it
+    (stop_process). Its output is appended to ``log`` (or discarded)."""
     command = [python, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(model),
-               "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args]
-    with open(log, "ab") if log else open(os.devnull, "wb") as sink:
+               "--host", host, "--port", str(port), "--metrics-port", "0", *args]
+    with open(log, "ab") if log else open(os.devnull, "wb") as sink:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=sink, stderr=sink)
-        try:
-            server = ServerProcess(process, port)
-            _wait_ready(server, security, log)
-            yield server
-        finally:
-            stop_process(process)
+    server = ServerProcess(process, port, host)
+    try:
+        _wait_ready(server, security, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return server
 
 
 def _wait_ready(server: ServerProcess, security: ChannelSecurity = PLAINTEXT, log: Path | None = None) -> None:
