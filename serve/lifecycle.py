@@ -29,12 +29,15 @@ from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import Model, load_model
 from edgecnn.serve.repository import (
     ModelConfig,
+    ModelScan,
     ModelSource,
     RepositoryError,
+    Signature,
     find_models,
+    model_folders,
     model_names,
+    scan_model,
     version_key,
-    version_sources,
 )
 from edgecnn.serve.settings import ServeSettings
 
@@ -59,7 +62,7 @@ class Served:
 
     model: Model
     batcher: Batcher
-    signature: tuple[int, int, int] | None  # of the file it was loaded from (None: not checked)
+    signature: Signature | None  # of the file it was loaded from (None: not checked)
     config: ModelConfig
     in_flight: int = 0
 
@@ -77,8 +80,8 @@ class ModelStore:
         self._served: dict[str, dict[str, Served]] = {}
         self._latest: dict[str, Served] = {}  # the highest served version of each model
         self._index: dict[tuple[str, str], tuple[str, str]] = {}  # (name, version) -> (state, reason)
-        self._seen: dict[tuple[str, str], tuple[int, int, int] | None] = {}  # poll: signatures of the last scan
-        self._failed: dict[tuple[str, str], tuple[int, int, int] | None] = {}  # files that failed to load
+        self._seen: dict[tuple[str, str], Signature | None] = {}  # poll: signatures of the last scan
+        self._failed: dict[tuple[str, str], Signature | None] = {}  # files that failed to load
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self._deferred: list[tuple[Model, ServeSettings]] | None = []  # instance sessions to open after start
@@ -138,7 +141,7 @@ class ModelStore:
                 raise ValueError(f"--model-control-mode {s.model_control_mode} needs a repository folder, "
                                  f"not the single file {s.model}")
             source = find_models(s.model)[0]
-            await self._load_versions(None, {"": source}, ModelConfig(), strict=True)
+            await self._load_versions(None, {"": (source, _signature(source))}, ModelConfig(), strict=True)
             return
         if s.model_control_mode == "explicit":
             names = list(s.load_model)
@@ -172,10 +175,15 @@ class ModelStore:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:
-        names = set(model_names(self.repository)) | set(self._served)
+        # The folders are read on a worker thread (a slow disk must not stall requests); each is read
+        # once, under the lock, just before its changes are decided.
+        names = set(await asyncio.to_thread(model_folders, self.repository)) | set(self._served)
         for name in sorted(names):
             async with self._lock:
-                await self._sync(name, wait_until_stable=True)
+                scan = await self._scan(name)
+                if not scan.versions and name not in self._served:
+                    continue  # a folder without a VERSION/model.onnx is no model (model_names' rule)
+                await self._sync(name, scan, wait_until_stable=True)
 
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name`` from the repository, as its version policy says."""
@@ -216,24 +224,27 @@ class ModelStore:
 
     # --- changes (under the lock) --------------------------------------------------------------
 
-    async def _sync(self, name: str, *, strict: bool = False, wait_until_stable: bool = False,
-                    reload_all: bool = False) -> list[tuple[str, str]]:
-        """Make what is served of ``name`` match its folder and config.json; the (version, reason) of
-        each load that failed."""
-        folder = self.repository / name
-        try:
-            config = ModelConfig.read(folder)
-            sources = version_sources(self.repository, name)
-        except RepositoryError as exc:
+    async def _scan(self, name: str) -> ModelScan:
+        """``name``'s folder and config.json, read on a worker thread."""
+        return await asyncio.to_thread(scan_model, self.repository, name)
+
+    async def _sync(self, name: str, scan: ModelScan | None = None, *, strict: bool = False,
+                    wait_until_stable: bool = False, reload_all: bool = False) -> list[tuple[str, str]]:
+        """Make what is served of ``name`` match its folder and config.json (``scan``, or a fresh
+        one); the (version, reason) of each load that failed."""
+        if scan is None:
+            scan = await self._scan(name)
+        if scan.error is not None:
             if strict:
-                raise
-            self._index_model(name, UNAVAILABLE, str(exc))
-            log.error("model config not usable; serving versions unchanged", extra={"model": name, "error": str(exc)})
-            return [("", str(exc))]
+                raise scan.error
+            reason = str(scan.error)
+            self._index_model(name, UNAVAILABLE, reason)
+            log.error("model config not usable; serving versions unchanged", extra={"model": name, "error": reason})
+            return [("", reason)]
+        config, sources = scan.config, scan.versions
         wanted = {v: sources[v] for v in config.version_policy.select(list(sources))}
         changed = {}
-        for version, source in wanted.items():
-            signature = _signature(source)
+        for version, (source, signature) in wanted.items():
             current = self._served.get(name, {}).get(version)
             if not reload_all:
                 if current is not None and current.signature == signature and current.config == config:
@@ -243,7 +254,7 @@ class ModelStore:
                 if wait_until_stable and self._seen.get((name, version)) != signature:
                     self._seen[name, version] = signature  # new, or still being written: next scan, if unchanged
                     continue
-            changed[version] = source
+            changed[version] = (source, signature)
         failed = await self._load_versions(name, changed, config, strict=strict)
         # Versions gone from disk go now; versions the policy no longer wants only once every wanted
         # one serves (a new version still settling, or broken, must not leave the model with nothing).
@@ -258,13 +269,13 @@ class ModelStore:
             del self._index[key]
         return failed
 
-    async def _load_versions(self, name: str | None, sources: dict[str, ModelSource], config: ModelConfig, *,
-                             strict: bool) -> list[tuple[str, str]]:
-        """Load each version beside what serves, then swap it in; failures leave the old one serving
-        and are returned as (version, reason)."""
+    async def _load_versions(self, name: str | None, sources: dict[str, tuple[ModelSource, Signature | None]],
+                             config: ModelConfig, *, strict: bool) -> list[tuple[str, str]]:
+        """Load each version (its file, and the file's signature when scanned) beside what serves, then
+        swap it in; failures leave the old one serving and are returned as (version, reason)."""
         settings = replace(self.settings, **config.overrides())
         failed = []
-        for version, source in sources.items():
+        for version, (source, signature) in sources.items():
             key = (name or source.path.stem, version)
             self._index[key] = (LOADING, "")
             started = time.perf_counter()
@@ -281,7 +292,7 @@ class ModelStore:
                 if strict:
                     raise
                 reason = f"load failed: {type(exc).__name__}: {shown(str(exc), 300, quote=False)}"
-                self._failed[key] = _signature(source)
+                self._failed[key] = signature
                 serving = version in self._served.get(key[0], {})
                 self._index[key] = (READY, f"{reason}; the previous file keeps serving") if serving \
                     else (UNAVAILABLE, reason)
@@ -292,7 +303,7 @@ class ModelStore:
             if (model.name, model.version) != key:  # a single file names itself
                 self._index.pop(key, None)
             self._failed.pop((model.name, model.version), None)
-            self._swap(Served(model, batcher, _signature(source), config))
+            self._swap(Served(model, batcher, signature, config))
             self._metrics.count_load(model.name, "ok")
             log.info("model version serving", extra={"model": model.name, "version": model.version,
                                                      "load_ms": round((time.perf_counter() - started) * 1e3, 1)})
@@ -361,7 +372,7 @@ async def _retire(old: Served, wait_for_requests: bool) -> None:
     await old.batcher.stop()
 
 
-def _signature(source: ModelSource) -> tuple[int, int, int] | None:
+def _signature(source: ModelSource) -> Signature | None:
     try:
         return source.signature()
     except OSError:

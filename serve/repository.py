@@ -11,13 +11,20 @@ still changing is skipped until it stands still (poll mode checks this across tw
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
+
+
+# What changes when a file is replaced or rewritten: inode, size, modification time.
+Signature = tuple[int, int, int]
 
 
 class RepositoryError(ValueError):
@@ -30,10 +37,9 @@ class ModelSource:
     name: str | None = None  # None: the name recorded in the file
     version: str | None = None
 
-    def signature(self) -> tuple[int, int, int]:
+    def signature(self) -> Signature:
         """What changes when the file is replaced or rewritten: inode, size, modification time."""
-        stat = self.path.stat()
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return _signature_of(self.path.stat())
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -132,24 +138,73 @@ def is_repository(path: Path) -> bool:
     return Path(path).is_dir()
 
 
+@dataclass(frozen=True)
+class ModelScan:
+    """One look at a model folder: each VERSION/model.onnx with its signature, and its config.json
+    (``error`` instead when that cannot be used)."""
+
+    versions: dict[str, tuple[ModelSource, Signature]]
+    config: ModelConfig = field(default_factory=ModelConfig)
+    error: RepositoryError | None = None
+
+
+def scan_model(root: Path, name: str) -> ModelScan:
+    """Model ``name``'s versions and config.json, reading its folder once and stat-ing each file once
+    (blocking: the server runs it on a worker thread)."""
+    folder = Path(root) / name
+    versions = {file.parent.name: (ModelSource(file, name=name, version=file.parent.name), _signature_of(st))
+                for file, st in _version_files(folder)}
+    try:
+        return ModelScan(versions, ModelConfig.read(folder))
+    except RepositoryError as exc:
+        return ModelScan(versions, error=exc)
+
+
+def model_folders(root: Path) -> list[str]:
+    """Every folder of ``root`` that may be a model (hidden folders never are), without reading them."""
+    with os.scandir(root) as entries:
+        return sorted(entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
+
+
 def model_names(root: Path) -> list[str]:
     """Folders of ``root`` that hold at least one VERSION/model.onnx (hidden folders never count)."""
-    return sorted(p.name for p in Path(root).iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and any(_version_files(p)))
+    return [name for name in model_folders(root) if any(_version_files(Path(root) / name))]
 
 
 def version_sources(root: Path, name: str) -> dict[str, ModelSource]:
     """Every VERSION/model.onnx of model ``name`` (hidden version folders are being written: skipped)."""
     return {file.parent.name: ModelSource(file, name=name, version=file.parent.name)
-            for file in _version_files(Path(root) / name)}
+            for file, _ in _version_files(Path(root) / name)}
 
 
 def _version_files(folder: Path):
-    if not folder.is_dir():
+    """(VERSION/model.onnx, its stat) for each version folder of ``folder``, by name; one stat per file."""
+    try:
+        with os.scandir(folder) as entries:
+            versions = sorted(entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for version in sorted(folder.iterdir()):
-        if version.is_dir() and not version.name.startswith(".") and (version / MODEL_FILE).is_file():
-            yield version / MODEL_FILE
+    for version in versions:
+        file = folder / version / MODEL_FILE
+        st = _stat_if_present(file)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            yield file, st
+
+
+def _stat_if_present(path: Path) -> os.stat_result | None:
+    """``path.stat()``, or None where Path.is_file() would say False rather than raise."""
+    try:
+        return path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    except ValueError:
+        return None
+
+
+def _signature_of(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def find_models(path: Path) -> list[ModelSource]:
