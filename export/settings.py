@@ -10,6 +10,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from edgecnn.train.commandline import parse_image_size as image_size
+
 VARIANTS = ("int8", "fp16", "dynamic")  # what --quantize may ask for; fp32 is always exported
 # Options that take one of a few values are Literal types: `--help` lists the choices and typer refuses others.
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -147,15 +149,11 @@ def parse_scale(text: str) -> float:
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
-    """'224x224' or '224' -> (height, width)."""
-    parts = text.lower().replace("*", "x").split("x")
+    """'224x224', '224*224' or '224' -> (height, width); ImportSettings checks that both are positive."""
     try:
-        sizes = [int(part) for part in parts]
+        return image_size(text.replace("*", "x"))
     except ValueError:
-        sizes = []
-    if len(sizes) not in (1, 2):
-        raise ExportError(f"--image-size takes HEIGHTxWIDTH such as 224x224, not {text!r}")
-    return (sizes[0], sizes[-1])
+        raise ExportError(f"--image-size takes HEIGHTxWIDTH such as 224x224, not {text!r}") from None
 
 
 def _numbers(values: tuple[float, ...]) -> str:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from edgecnn.train.data import DATASETS, DatasetError, DatasetSpec
 from edgecnn.train.settings import DEVICES, LR_SCHEDULES, OPTIMIZERS, SettingsError, TrainSettings
-from edgecnn.train.commandline import needs_extra
+from edgecnn.train.commandline import needs_extra, parse_image_size
 
 # Flags that take one of a few values are Literal types: `--help` lists them, anything else is refused with the list.
 DatasetName = Literal[DATASETS]
@@ -67,13 +67,14 @@ def catching_user_errors():
 def _image_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     if text is None:
         return None
+    message = f"{text!r} is not HEIGHTxWIDTH (e.g. 64x64) or one number"
     try:
-        parts = [int(p) for p in text.lower().split("x")]
+        size = parse_image_size(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not HEIGHTxWIDTH (e.g. 64x64) or one number") from None
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise typer.BadParameter(f"{text!r} is not HEIGHTxWIDTH (e.g. 64x64) or one number")
-    return (parts[0], parts[-1])
+        raise typer.BadParameter(message) from None
+    if min(size) < 1:
+        raise typer.BadParameter(message)
+    return size
 
 
 def _model_options(

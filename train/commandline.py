@@ -5,6 +5,9 @@ benchmarks/ can all import them without a back-edge.
 that is not installed. The edge install (`pip install edgecnn[serve]`) has no torch, onnx or matplotlib;
 `edgecnn train`, `evaluate` and `export` need the `train` extra. Commands wrap their heavy imports and
 work in ``needs_extra``.
+
+``parse_image_size``: HEIGHTxWIDTH or one number, as `edgecnn train` and `edgecnn export` take it; each
+command wraps its ValueError in its own error and message.
 """
 
 from __future__ import annotations
@@ -34,3 +37,15 @@ def needs_extra(extra: str, command: str) -> Iterator[None]:
         typer.echo(f"error: `edgecnn {command}` needs the {extra} extra ({missing} is not installed): "
                    f"pip install 'edgecnn[{extra}]'", err=True)
         raise typer.Exit(1) from None
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'64x64' or '64' -> (height, width); ValueError for anything else. The sizes are not checked: each
+    command says which it allows."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        raise ValueError(f"{text!r} is not HEIGHTxWIDTH or one number") from None
+    if len(parts) not in (1, 2):
+        raise ValueError(f"{text!r} is not HEIGHTxWIDTH or one number")
+    return (parts[0], parts[-1])
