@@ -15,6 +15,7 @@ import onnxruntime as ort
 from edgecnn.export.cpu import cpu_path
 from edgecnn.export.metadata import ModelMetadata, metadata_of_session
 from edgecnn.serve.settings import ServeSettings
+from edgecnn.serve.userfiles import open_session
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,8 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
     """
     start = time.perf_counter()
     providers = _providers(settings.provider)
-    try:
-        session = ort.InferenceSession(str(path), _session_options(settings), providers=providers)
-    except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, NoSuchFile, Fail, ...
-        reason = str(exc).split(" : ")[-1].strip() or type(exc).__name__
-        raise ValueError(f"{path}: not an ONNX model onnxruntime can load ({reason})") from None
+    # Whatever onnxruntime raises (InvalidProtobuf, InvalidGraph, NoSuchFile, Fail, ...) names the file in one line.
+    session = open_session(path, _session_options(settings), providers, catching=(Exception,))
     provider = _provider_in_use(session, settings.provider)
     metadata = metadata_of_session(session)
     model = Model(

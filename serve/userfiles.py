@@ -11,7 +11,7 @@ from typing import Any
 
 from edgecnn.train.files import folder_problem  # defined in the lowest layer; serve/ and benchmarks/ import it from here
 
-__all__ = ["ModelFileError", "check_model_file", "folder_problem"]
+__all__ = ["ModelFileError", "check_model_file", "folder_problem", "open_session"]
 
 
 class ModelFileError(ValueError):
@@ -37,8 +37,18 @@ def check_model_file(path: str | Path) -> Any:
         raise ModelFileError(f"{path}: no such model file")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return open_session(path, options, ["CPUExecutionProvider"])
+
+
+def open_session(
+    path: str | Path, options: Any, providers: list[str], *, catching: tuple[type[Exception], ...] | None = None
+) -> Any:
+    """An onnxruntime session of ``path``; what onnxruntime raises for a file it cannot load (``catching``,
+    by default its load errors) becomes a ModelFileError naming the file and onnxruntime's reason."""
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except _load_errors() as exc:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except (catching or _load_errors()) as exc:
         reason = str(exc).split(" : ")[-1].strip() or type(exc).__name__
         raise ModelFileError(f"{path}: not an ONNX model onnxruntime can load ({reason})") from None
