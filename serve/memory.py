@@ -18,12 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def _malloc_trim() -> Callable[[], None] | None:
-    """glibc's malloc_trim(0), or None where the C library has none (musl, macOS)."""
+    """glibc's malloc_trim(0), or None where the C library has none (musl, macOS).
+
+    The C library is already loaded, so ``CDLL(None)`` (the process's own symbols) finds it without
+    ``find_library``, which runs ldconfig in a subprocess: the trimmer starts after serving has, on
+    the event loop. The lookup by name is only the fallback."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        return None
+        try:
+            trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            return None
     trim.argtypes = [ctypes.c_size_t]
     return lambda: trim(0)
 
