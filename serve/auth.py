@@ -23,10 +23,9 @@ scope), logged at INFO with the method and status. No token's text ever reaches 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator
 
 import grpc
 
@@ -64,33 +63,24 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class _Entry(NamedTuple):
-    digest: bytes
-    scopes: frozenset[str]
-
-
 class TokenTable:
     """Known tokens, kept only as SHA-256 digests, each with its scopes.
 
     Why lookups are constant-time with respect to the secret: the dict hashes and compares the
     *digest* of the presented token, never the token itself. Any timing difference (hash bucket,
     memcmp stopping early) tells an attacker about a SHA-256 output, from which nothing about a
-    stored token can be worked back. The final ``hmac.compare_digest`` is belt and braces.
+    stored token can be worked back.
     """
 
     def __init__(self, scopes_by_digest: dict[bytes, frozenset[str]]) -> None:
-        self._entries = {digest: _Entry(digest, scopes) for digest, scopes in scopes_by_digest.items()}
+        self._scopes = dict(scopes_by_digest)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._scopes)
 
     def scopes_of(self, token: str) -> frozenset[str] | None:
         """The token's scopes, or None for an unknown token."""
-        digest = _digest(token)
-        entry = self._entries.get(digest)
-        if entry is None or not hmac.compare_digest(entry.digest, digest):
-            return None
-        return entry.scopes
+        return self._scopes.get(_digest(token))
 
 
 def _header_safe(token: str) -> bool:
@@ -106,12 +96,8 @@ def load_tokens(path: Path) -> TokenTable:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"auth token file {path} is not UTF-8 text") from None
-    table: dict[bytes, frozenset[str]] = {}
-    first_line: dict[bytes, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    table: dict[bytes, tuple[int, frozenset[str]]] = {}  # digest -> (line number, scopes)
+    for number, line in _token_lines(text):
         token, *rest = line.split(None, 1)
         where = f"auth token file {path}, line {number}"
         if len(token) < MIN_TOKEN_CHARS:
@@ -127,23 +113,28 @@ def load_tokens(path: Path) -> TokenTable:
                     named = f" {scope!r}" if len(scope) < MIN_TOKEN_CHARS else ""
                     raise ValueError(f"{where}: unknown scope{named}; scopes are {', '.join(SCOPES)}")
         digest = _digest(token)
-        if digest in first_line:
-            raise ValueError(f"{where}: duplicates the token of line {first_line[digest]}")
-        first_line[digest] = number
-        table[digest] = frozenset(scopes)
+        if digest in table:
+            raise ValueError(f"{where}: duplicates the token of line {table[digest][0]}")
+        table[digest] = (number, frozenset(scopes))
     if not table:
         raise ValueError(f"auth token file {path} has no tokens")
-    return TokenTable(table)
+    return TokenTable({digest: scopes for digest, (_, scopes) in table.items()})
 
 
 def read_token_file(path: Path) -> str:
     """For clients: the token of the file's first token line (its first field)."""
     path = Path(path)
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for _, line in _token_lines(path.read_text(encoding="utf-8")):
+        return line.split()[0]
+    raise ValueError(f"token file {path} has no token")
+
+
+def _token_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, stripped line) of each line that is neither blank nor a ``#`` comment."""
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line and not line.startswith("#"):
-            return line.split()[0]
-    raise ValueError(f"token file {path} has no token")
+            yield number, line
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
