@@ -85,7 +85,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def RepositoryIndex(self, request, context):
-        """Every version the server knows of: READY, UNAVAILABLE (with why), LOADING or UNLOADING."""
+        """Every version the server knows of: READY, UNAVAILABLE (with why) or LOADING."""
         Index = pb.RepositoryIndexResponse.ModelIndex
         rows = self._models.index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[Index(name=n, version=v, state=s, reason=r) for n, v, s, r in rows])

@@ -43,7 +43,7 @@ from edgecnn.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 # How long a retired version waits for the requests still holding it before it stops anyway.
 RETIRE_TIMEOUT_S = 30.0
 

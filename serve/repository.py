@@ -134,10 +134,6 @@ class ModelConfig:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def is_repository(path: Path) -> bool:
-    return Path(path).is_dir()
-
-
 @dataclass(frozen=True)
 class ModelScan:
     """One look at a model folder: each VERSION/model.onnx with its signature, and its config.json
