@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from edgecnn.benchmarks.settings import BenchSettings, DemoSettings, as_csv, help_of
 
@@ -44,7 +45,7 @@ def _check_inputs(models: list[Path], settings: BenchSettings) -> None:
 
 
 def _fail(console, message: object) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -92,6 +93,14 @@ def bench(
     """Latency and throughput, in-process and over gRPC, with the transport and compute floors. Runs without torch."""
     flags = dict(locals())  # every parameter but models and compare is a BenchSettings field of the same name
     del flags["models"], flags["compare"]
+    from edgecnn.serve.extras import needs_extra
+
+    with needs_extra("serve", "bench"):  # a train-only install has no gRPC
+        _bench_command(list(models or []), compare, flags)
+
+
+def _bench_command(models: list[Path], compare: Optional[tuple[Path, Path]], flags: dict) -> None:
+    """`edgecnn bench` past its flags: a comparison of two reports, or a run."""
     from rich.console import Console
 
     from edgecnn.benchmarks.compare import print_comparison
@@ -116,13 +125,17 @@ def bench(
     from edgecnn.benchmarks.servers import ServerStartError
 
     command = "edgecnn bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+
+    def plain(text: str) -> None:  # paths and hints such as 'edgecnn[plots]' are not rich markup
+        console.print(text, markup=False, highlight=False)
+
     try:
-        _check_inputs(list(models or []), settings)
-        outcome = run_bench(list(models or []), settings, command, progress=console.print)
+        _check_inputs(models, settings)
+        outcome = run_bench(models, settings, command, progress=plain)
     except (ValueError, ServerStartError) as exc:
         raise _fail(console, exc) from None
     print_report(outcome.report, console)
-    console.print(f"wrote {outcome.json_path}, bench.md and {len(outcome.plots)} plot(s) in {outcome.json_path.parent}")
+    plain(f"wrote {outcome.json_path}, bench.md and {len(outcome.plots)} plot(s) in {outcome.json_path.parent}")
 
 
 def _demo(name: str) -> typer.models.OptionInfo:
@@ -154,7 +167,7 @@ def demo(
     problem = folder_problem(out)
     if problem:
         raise _fail(console, f"--out {out}: {problem}")
-    with needs_extra("train", "demo"), catching_user_errors():  # a bad --model ends in one line
+    with needs_extra("train,serve", "demo"), catching_user_errors():  # a bad --model ends in one line
         from edgecnn.benchmarks.demo import run_demo
 
         run_demo(settings, console)

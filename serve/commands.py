@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecnn.serve.extras import needs_extra
 from edgecnn.serve.settings import ModelControlMode, Provider, ServeSettings, help_of
 
 S = ServeSettings  # its class attributes are the defaults
@@ -70,8 +71,10 @@ def serve(
     """Serve MODEL.onnx or a model repository over the Open Inference Protocol (gRPC), with dynamic batching."""
     flags = dict(locals())  # every parameter above is a ServeSettings field of the same name
     from edgecnn.export.metadata import MetadataError
-    from edgecnn.serve.model import ProviderUnavailable
-    from edgecnn.serve.server import run
+
+    with needs_extra("serve", "serve"):  # a train-only install has no gRPC
+        from edgecnn.serve.model import ProviderUnavailable
+        from edgecnn.serve.server import run
 
     try:
         code = run(ServeSettings(**flags))
@@ -103,11 +106,13 @@ def predict(
         show_default=False)] = None,
 ) -> None:
     """Classify images with a running `edgecnn serve` and print the top labels and scores."""
-    import grpc
     from rich.console import Console
     from rich.table import Table
 
-    from edgecnn.serve.client import ChannelSecurity, InferenceClient, describe_rpc_error
+    with needs_extra("serve", "predict"):  # a train-only install has no gRPC
+        import grpc
+
+        from edgecnn.serve.client import ChannelSecurity, InferenceClient, describe_rpc_error
 
     encoded = _read_images(images)
     try:

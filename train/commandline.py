@@ -27,14 +27,17 @@ EXTRA_MODULES = {
 
 @contextlib.contextmanager
 def needs_extra(extra: str, command: str) -> Iterator[None]:
-    """Turn a missing module of ``extra`` into "error: `edgecnn COMMAND` needs ..." and exit 1."""
+    """Turn a missing module of ``extra`` (or of several, comma-separated: "train,serve") into
+    "error: `edgecnn COMMAND` needs ..." and exit 1."""
+    names = extra.split(",")
     try:
         yield
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
-        if missing not in EXTRA_MODULES[extra]:
+        if not any(missing in EXTRA_MODULES[name] for name in names):
             raise
-        typer.echo(f"error: `edgecnn {command}` needs the {extra} extra ({missing} is not installed): "
+        what = f"the {' and '.join(names)} extra{'s' if len(names) > 1 else ''}"
+        typer.echo(f"error: `edgecnn {command}` needs {what} ({missing} is not installed): "
                    f"pip install 'edgecnn[{extra}]'", err=True)
         raise typer.Exit(1) from None
 
