@@ -28,9 +28,9 @@ EDGECNN = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()"]
 class ServeProcess:
     """`edgecnn serve ...` in a child process; its JSON log lines are collected from stderr."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, command: list[str] = EDGECNN) -> None:
         self.process = subprocess.Popen(
-            [*EDGECNN, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            [*command, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
