@@ -99,8 +99,15 @@ class Batcher:
             )
             for i in range(instances)
         ]
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                thread.start()
+        except BaseException:  # "can't start new thread": stop those that started, or they wait forever
+            self._close()
+            for thread in self._threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
 
     @property
     def queue_depth(self) -> int:
@@ -143,6 +150,13 @@ class Batcher:
     async def stop(self) -> None:
         """Answer whatever is still queued with UNAVAILABLE (the server drained in-flight requests first)
         and let the compute thread end once its current batch, if any, is answered."""
+        for pending in self._close():
+            _fail(pending, NotReady("the server is shutting down"))
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 10)
+
+    def _close(self) -> list[_Pending]:
+        """Refuse new requests, wake every compute thread to end; the requests that were still queued."""
         with self._lock:
             self._closed = True
             left = list(self._queue)
@@ -150,10 +164,7 @@ class Batcher:
             self._queued_images = 0
             for condition in (self._work_arrived, self._much_work, self._batch_full):
                 condition.notify_all()
-        for pending in left:
-            _fail(pending, NotReady("the server is shutting down"))
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 10)
+        return left
 
     # --- the compute thread ------------------------------------------------------------------
 

@@ -101,7 +101,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await action(name)
         except ControlError as error:
             log.info("model control refused", extra={"model": shown(name), "error": str(error)})
-            return refuse(context, getattr(grpc.StatusCode, error.code), str(error), response_type)
+            return refuse(context, error.code, str(error), response_type)
+        except Exception as error:  # a bug: say so, and keep serving
+            log.exception("model control failed unexpectedly", extra={"model": shown(name)})
+            return refuse(context, grpc.StatusCode.INTERNAL, f"internal error: {shown(str(error), 300)}", response_type)
         return response_type()
 
     async def ModelInfer(self, request, context):

@@ -16,18 +16,22 @@ The request path reads two dicts and changes nothing; every change runs under on
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+
+import grpc
 
 from edgecnn.export.metadata import MetadataError
 from edgecnn.serve.batcher import Batcher
 from edgecnn.serve.errors import ModelNotFound, shown
 from edgecnn.serve.metrics import Metrics
-from edgecnn.serve.model import Model, load_model
+from edgecnn.serve.model import Model, largest_request_bytes, load_model
 from edgecnn.serve.repository import (
+    ConfigLimits,
     ModelConfig,
     ModelScan,
     ModelSource,
@@ -36,6 +40,7 @@ from edgecnn.serve.repository import (
     find_models,
     model_folders,
     model_names,
+    name_problem,
     scan_model,
     version_key,
 )
@@ -49,11 +54,15 @@ RETIRE_TIMEOUT_S = 30.0
 
 
 class ControlError(Exception):
-    """A load or unload that cannot be done; ``code`` is the gRPC status name it maps to."""
+    """A load or unload that cannot be done; ``code`` is the gRPC status it maps to."""
 
-    def __init__(self, message: str, code: str = "FAILED_PRECONDITION") -> None:
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> None:
         super().__init__(message)
         self.code = code
+
+
+class LoadRefused(ValueError):
+    """A version that opened but must not serve (its requests would not fit the receive limit)."""
 
 
 @dataclass(eq=False)
@@ -85,7 +94,11 @@ class ModelStore:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self._deferred: list[tuple[Model, ServeSettings]] | None = []  # instance sessions to open after start
+        self._config_limits = ConfigLimits.of(settings)
         self.repository = settings.model if settings.model.is_dir() else None
+        # The receive limit the server derived at start from the models it loaded (None: --max-message-bytes
+        # was given): a version loaded later whose largest request would not fit it is refused.
+        self.receive_limit: int | None = None
         # Told when a model starts or stops serving (the server keeps per-model health with it).
         self.on_serving_changed: Callable[[str, bool], None] = lambda name, serving: None
 
@@ -188,17 +201,21 @@ class ModelStore:
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name`` from the repository, as its version policy says."""
         self._check_control(name)
-        if not (self.repository / name).is_dir():
-            raise ControlError(f"the repository has no model folder {shown(name)}", "NOT_FOUND")
+        if not self._is_model_folder(name):
+            raise ControlError(f"the repository has no model folder {shown(name)}", grpc.StatusCode.NOT_FOUND)
         async with self._lock:
             failed = await self._sync(name, reload_all=True)
         if failed or not self._served.get(name):
-            why = "; ".join(f"version {v}: {reason}" for v, reason in failed) or "no version to serve"
+            why = "; ".join(f"version {v}: {reason}" if v else reason for v, reason in failed) or "no version to serve"
             raise ControlError(f"model {shown(name)} could not be loaded: {why}")
 
     async def unload(self, name: str) -> None:
-        """RepositoryModelUnload: stop serving every version of ``name`` (nothing to do if none is served)."""
+        """RepositoryModelUnload: stop serving every version of ``name`` (nothing to do if none is served,
+        NOT_FOUND if the repository has no such model either)."""
         self._check_control(name)
+        if name not in self._served and not self._is_model_folder(name):
+            raise ControlError(f"no model {shown(name)} is served and the repository has no such model folder",
+                               grpc.StatusCode.NOT_FOUND)
         async with self._lock:
             for version in list(self._served.get(name, {})):
                 self._retire(name, version, reason="unloaded", keep_in_index=True)
@@ -208,8 +225,18 @@ class ModelStore:
         if self.settings.model_control_mode != "explicit":
             raise ControlError(f"model control mode is {self.settings.model_control_mode}: start the server with "
                                "--model-control-mode explicit to load and unload models")
-        if not name or "/" in name or name.startswith("."):
-            raise ControlError(f"{shown(name)} is not a model folder name", "INVALID_ARGUMENT")
+        problem = name_problem(name)
+        if problem:
+            raise ControlError(f"{shown(name)} is not a model folder name: {problem}", grpc.StatusCode.INVALID_ARGUMENT)
+
+    def _is_model_folder(self, name: str) -> bool:
+        """Whether the repository has a folder ``name`` (a name name_problem() passed)."""
+        try:
+            return (self.repository / name).is_dir()
+        except OSError as exc:  # is_dir() says False only for ENOENT and the like
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.errno == errno.ENAMETOOLONG else \
+                grpc.StatusCode.FAILED_PRECONDITION
+            raise ControlError(f"model folder {shown(name)} cannot be read: {exc.strerror or exc}", code) from None
 
     async def close(self) -> None:
         """Stop every batcher (answering what is still queued) at shutdown."""
@@ -226,7 +253,7 @@ class ModelStore:
 
     async def _scan(self, name: str) -> ModelScan:
         """``name``'s folder and config.json, read on a worker thread."""
-        return await asyncio.to_thread(scan_model, self.repository, name)
+        return await asyncio.to_thread(scan_model, self.repository, name, self._config_limits)
 
     async def _sync(self, name: str, scan: ModelScan | None = None, *, strict: bool = False,
                     wait_until_stable: bool = False, reload_all: bool = False) -> list[tuple[str, str]]:
@@ -238,7 +265,7 @@ class ModelStore:
             if strict:
                 raise scan.error
             reason = str(scan.error)
-            self._index_model(name, UNAVAILABLE, reason)
+            self._index_model(name, UNAVAILABLE, reason, scan.versions)
             log.error("model config not usable; serving versions unchanged", extra={"model": name, "error": reason})
             return [("", reason)]
         config, sources = scan.config, scan.versions
@@ -281,7 +308,7 @@ class ModelStore:
             started = time.perf_counter()
             try:
                 model = await asyncio.to_thread(load_model, source.path, settings, name=source.name,
-                                                version=source.version)
+                                                version=source.version, check=self._check_receive_limit)
                 if config.labels is not None:
                     _relabel(model, config.labels, source.path.parent.parent / "config.json")
                 batcher = self._make_batcher(model, settings)
@@ -291,7 +318,7 @@ class ModelStore:
                     raise MetadataError(f"{source.path}: {exc}") from None
                 if strict:
                     raise
-                reason = f"load failed: {type(exc).__name__}: {shown(str(exc), 300, quote=False)}"
+                reason = _failure_reason(exc)
                 self._failed[key] = signature
                 serving = version in self._served.get(key[0], {})
                 self._index[key] = (READY, f"{reason}; the previous file keeps serving") if serving \
@@ -312,6 +339,18 @@ class ModelStore:
             else:
                 model.open_instance_sessions_in_background(settings)
         return failed
+
+    def _check_receive_limit(self, model: Model) -> None:
+        """Refuse ``model`` if its largest request would not fit the receive limit derived at start
+        (on a worker thread, before the model's first run)."""
+        images = self.settings.max_request_images_resolved
+        needed = largest_request_bytes(model, images)
+        if self.receive_limit is not None and needed > self.receive_limit:
+            raise LoadRefused(
+                f"its largest request ({images} images of {'x'.join(map(str, model.image_shape))}, {needed:,} bytes) "
+                f"would not fit the receive limit the server derived at start ({self.receive_limit:,} bytes); "
+                f"restart the server with --max-message-bytes {needed} or more"
+            )
 
     def _swap(self, served: Served) -> None:
         name, version = served.model.name, served.model.version
@@ -351,10 +390,11 @@ class ModelStore:
             self.on_serving_changed(name, bool(versions))
         self._metrics.models_loaded.set(sum(len(v) for v in self._served.values()))
 
-    def _index_model(self, name: str, state: str, reason: str) -> None:
-        """Every index row of ``name`` says ``reason``; a model with none gets one (version empty)."""
-        keys = [k for k in self._index if k[0] == name] or [(name, "")]
-        for key in keys:
+    def _index_model(self, name: str, state: str, reason: str, versions: Iterable[str] = ()) -> None:
+        """Every index row of ``name``, and one for each of ``versions`` on disk, says ``reason``; a model
+        with none gets one (version empty)."""
+        keys = {k for k in self._index if k[0] == name} | {(name, v) for v in versions}
+        for key in keys or {(name, "")}:
             serving = key[1] in self._served.get(name, {})
             self._index[key] = (READY if serving else state, reason)
 
@@ -377,6 +417,13 @@ def _signature(source: ModelSource) -> Signature | None:
         return source.signature()
     except OSError:
         return None
+
+
+def _failure_reason(exc: Exception) -> str:
+    """Why a version did not load, for the index: a refusal's own sentence, else what went wrong."""
+    if isinstance(exc, (RepositoryError, LoadRefused)):
+        return f"load refused: {shown(str(exc), 500, quote=False)}"
+    return f"load failed: {type(exc).__name__}: {shown(str(exc), 300, quote=False)}"
 
 
 def _relabel(model: Model, labels: tuple[str, ...], config_path: Path) -> None:

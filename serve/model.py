@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +40,8 @@ DATATYPE_OF_ORT = {
 # A batch-1 run at least this long makes the intra-op pool's per-node wake-ups (tens of microseconds)
 # negligible: such models get no single-threaded session for small batches.
 PARALLEL_ALWAYS_PAYS_S = 0.002
+# Room in a request message for everything but its pixels (names, shapes, parameters).
+MESSAGE_OVERHEAD = 64 * 1024
 
 
 class ProviderUnavailable(RuntimeError):
@@ -102,7 +106,11 @@ class Model:
             self.instance_sessions = sessions
             log.info("instance sessions ready", extra={"model": self.name, "version": self.version, "count": len(sessions)})
 
-        threading.Thread(target=open_sessions, name=f"edgecnn-open-{self.name}", daemon=True).start()
+        try:
+            threading.Thread(target=open_sessions, name=f"edgecnn-open-{self.name}", daemon=True).start()
+        except RuntimeError:  # "can't start new thread": serving goes on, on the first session
+            log.exception("could not start opening the other instances' sessions; they share the first",
+                          extra={"model": self.name})
 
     def warm_up(self, *sessions: ort.InferenceSession) -> float:
         """One run on a blank image per session (default: the model's), so the first request does not pay
@@ -124,10 +132,18 @@ class Model:
         return time.perf_counter() - start
 
 
-def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, version: str | None = None) -> Model:
+def largest_request_bytes(model: Model, max_request_images: int) -> int:
+    """The largest ModelInfer message ``model`` can be sent: ``max_request_images`` raw images, and room
+    for the rest (the server derives its receive limit from this, and checks later loads against it)."""
+    return math.prod(model.image_shape) * max_request_images + MESSAGE_OVERHEAD
+
+
+def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, version: str | None = None,
+               check: Callable[[Model], None] | None = None) -> Model:
     """Open ``path`` on the provider ``settings`` ask for, check its metadata and warm it up.
 
-    ``name``/``version`` (from a repository's folders) override the ones recorded in the file.
+    ``name``/``version`` (from a repository's folders) override the ones recorded in the file;
+    ``check``, called once the metadata is read and before any run, refuses the model by raising.
     """
     start = time.perf_counter()
     providers = _providers(settings.provider)
@@ -144,6 +160,8 @@ def load_model(path: Path, settings: ServeSettings, *, name: str | None = None, 
         provider=provider,
     )
     _check_signature(model)
+    if check is not None:
+        check(model)
     _warn_if_int8_chosen_on_another_cpu(model)
     warm_s = model.warm_up()
     if provider == CPU and settings.intra_op_threads_resolved > 1:

@@ -17,10 +17,34 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from edgecnn.serve.errors import shown
+
+if TYPE_CHECKING:
+    from edgecnn.serve.settings import ServeSettings
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
+
+# config.json is read from a folder anyone who can publish a model writes to: bounded before it is parsed.
+CONFIG_MAX_BYTES = 64 * 1024
+CONFIG_MAX_DEPTH = 8  # the deepest key, version_policy.specific.versions[i], is 4 deep
+# The largest value config.json may give each per-model setting (a server flag set higher raises its
+# own). instances: each is a compute thread, and on CPU an onnxruntime session of its own (a copy of
+# the weights and an intra-op pool); runs past the cores only queue for them (the process's run slots),
+# so 64 covers the largest machine while a hostile value cannot start thousands of threads.
+# max_batch_size: each compute thread holds a buffer of that many images. max_queue_delay_us: 10 s.
+MAX_INSTANCES = 64
+MAX_BATCH_SIZE = 4096
+MAX_QUEUE_DELAY_US = 10_000_000
+MAX_QUEUE_SIZE = 65_536
+# version_policy: at most this many versions (num_versions, or the specific list), each an int64 as
+# Triton's (a positive integer, or its digits as a string).
+MAX_POLICY_VERSIONS = 1000
+MAX_VERSION = 2**63 - 1
+# A folder name's limit on Linux filesystems (NAME_MAX), in bytes of UTF-8.
+MAX_NAME_BYTES = 255
 
 
 # What changes when a file is replaced or rewritten: inode, size, modification time.
@@ -44,7 +68,16 @@ class ModelSource:
 
 def version_key(version: str) -> tuple[int, int, str]:
     """Numeric versions order as numbers (2 < 10) and above any non-numeric one."""
-    return (1, int(version), "") if version.isdigit() else (0, 0, version)
+    return (1, int(version), "") if _is_number(version) else (0, 0, version)
+
+
+def _is_number(text: str) -> bool:
+    """Only the digits 0-9 (str.isdigit alone also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+POLICY_SHAPES = '{"latest": {"num_versions": N}}, {"all": {}} or {"specific": {"versions": [...]}}'
+POLICY_KEYS = {"latest": ("num_versions",), "all": (), "specific": ("versions",)}
 
 
 @dataclass(frozen=True)
@@ -59,23 +92,25 @@ class VersionPolicy:
     def from_json(cls, value: Any, where: str) -> "VersionPolicy":
         """``{"latest": {"num_versions": 2}}``, ``{"all": {}}`` or ``{"specific": {"versions": [1, 3]}}``."""
         if not isinstance(value, dict) or len(value) != 1:
-            raise RepositoryError(f"{where}: version_policy is one of {{\"latest\": {{\"num_versions\": N}}}}, "
-                                  "{\"all\": {}} or {\"specific\": {\"versions\": [...]}}")
+            raise RepositoryError(f"{where}: version_policy is one of {POLICY_SHAPES}")
         (kind, body), = value.items()
-        body = body or {}
+        if kind not in POLICY_KEYS:
+            raise RepositoryError(f"{where}: unknown version_policy {shown(kind)}; use latest, all or specific")
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - set(POLICY_KEYS[kind]):
+            keys = ", ".join(POLICY_KEYS[kind]) or "none"
+            raise RepositoryError(f"{where}: version_policy.{kind} must be an object (keys: {keys}), got {shown(body)}")
         if kind == "all":
             return cls("all")
         if kind == "latest":
             count = body.get("num_versions", 1)
-            if not isinstance(count, int) or count < 1:
-                raise RepositoryError(f"{where}: version_policy.latest.num_versions must be an integer >= 1")
-            return cls("latest", latest=count)
-        if kind == "specific":
-            versions = body.get("versions")
-            if not isinstance(versions, list) or not versions:
-                raise RepositoryError(f"{where}: version_policy.specific.versions must be a non-empty list")
-            return cls("specific", specific=tuple(str(v) for v in versions))
-        raise RepositoryError(f"{where}: unknown version_policy {kind!r}; use latest, all or specific")
+            return cls("latest", latest=_integer(count, where, "version_policy.latest.num_versions",
+                                                 1, MAX_POLICY_VERSIONS))
+        versions = body.get("versions")
+        if not isinstance(versions, list) or not 1 <= len(versions) <= MAX_POLICY_VERSIONS:
+            raise RepositoryError(f"{where}: version_policy.specific.versions must be a list of 1 to "
+                                  f"{MAX_POLICY_VERSIONS} versions, got {shown(versions)}")
+        return cls("specific", specific=tuple(_version(v, where) for v in versions))
 
     def select(self, versions: list[str]) -> list[str]:
         """The versions to serve out of those on disk, lowest first."""
@@ -87,6 +122,28 @@ class VersionPolicy:
         return ordered[-self.latest:]
 
 
+# config.json's numbers: the lowest value each may take, and what that value means when it is special.
+NUMBERS = {"max_batch_size": (1, ""), "instances": (0, " (0: automatic)"), "max_queue_delay_us": (0, ""),
+           "max_queue_size": (1, "")}
+
+
+@dataclass(frozen=True)
+class ConfigLimits:
+    """The largest value config.json may give each per-model setting: the MAX_ cap above, or the
+    server's own flag where that is higher (an operator who set it chose it for every model)."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+    instances: int = MAX_INSTANCES
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US
+    max_queue_size: int = MAX_QUEUE_SIZE
+
+    @classmethod
+    def of(cls, settings: ServeSettings) -> "ConfigLimits":
+        """The limits for a server of ``settings``."""
+        caps = cls()
+        return cls(**{name: max(getattr(caps, name), getattr(settings, name)) for name in NUMBERS})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """NAME/config.json; unset fields take the `edgecnn serve` flags."""
@@ -95,32 +152,32 @@ class ModelConfig:
     max_batch_size: int | None = None
     instances: int | None = None
     max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
     labels: tuple[str, ...] | None = None
 
-    FIELDS = ("version_policy", "max_batch_size", "instances", "max_queue_delay_us", "labels")
+    FIELDS = ("version_policy", *NUMBERS, "labels")
 
     @classmethod
-    def read(cls, folder: Path) -> "ModelConfig":
+    def read(cls, folder: Path, limits: ConfigLimits = ConfigLimits()) -> "ModelConfig":
+        """``folder``'s config.json, every value checked against ``limits`` (the default config when
+        there is none); RepositoryError naming the file, the key and the allowed range otherwise."""
         path = folder / CONFIG_FILE
-        if not path.exists():
+        text = _read_config_text(path)
+        if text is None:
             return cls()
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RepositoryError(f"{path}: not readable JSON ({exc})") from None
+        raw = _parse_json(text, path)
         if not isinstance(raw, dict):
             raise RepositoryError(f"{path}: must hold a JSON object")
         unknown = sorted(set(raw) - set(cls.FIELDS))
         if unknown:
-            raise RepositoryError(f"{path}: unknown keys {', '.join(unknown)}; known: {', '.join(cls.FIELDS)}")
+            raise RepositoryError(f"{path}: unknown keys {shown(', '.join(unknown), quote=False)}; "
+                                  f"known: {', '.join(cls.FIELDS)}")
         values: dict[str, Any] = {}
         if "version_policy" in raw:
             values["version_policy"] = VersionPolicy.from_json(raw["version_policy"], str(path))
-        for key, lowest in (("max_batch_size", 1), ("instances", 0), ("max_queue_delay_us", 0)):
+        for key, (lowest, meaning) in NUMBERS.items():
             if key in raw:
-                if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < lowest:
-                    raise RepositoryError(f"{path}: {key} must be an integer >= {lowest}")
-                values[key] = raw[key]
+                values[key] = _integer(raw[key], str(path), key, lowest, getattr(limits, key), meaning)
         if "labels" in raw:
             labels = raw["labels"]
             if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
@@ -130,8 +187,116 @@ class ModelConfig:
 
     def overrides(self) -> dict[str, int]:
         """The ServeSettings fields this config sets."""
-        names = ("max_batch_size", "instances", "max_queue_delay_us")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in NUMBERS if getattr(self, name) is not None}
+
+
+def _read_config_text(path: Path) -> str | None:
+    """The text of ``path`` (None when there is no such file), read only if it is a regular file of at
+    most CONFIG_MAX_BYTES of UTF-8; any failure is a RepositoryError naming the file."""
+    try:
+        # O_NONBLOCK: a FIFO planted as config.json must not block the load; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise RepositoryError(f"{path}: is not a regular file")
+            data = file.read(CONFIG_MAX_BYTES + 1)
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        raise RepositoryError(f"{path}: larger than {CONFIG_MAX_BYTES:,} bytes, the most a config.json may hold")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RepositoryError(f"{path}: not UTF-8 ({exc})") from None
+
+
+def _parse_json(text: str, path: Path) -> Any:
+    """The JSON value of ``text``, nesting at most CONFIG_MAX_DEPTH deep, every object's keys unique;
+    whatever fails (the parser's own RecursionError included) is a RepositoryError naming the file."""
+    depth = _nesting_depth(text)
+    if depth > CONFIG_MAX_DEPTH:
+        raise RepositoryError(f"{path}: nests {depth} deep; a config.json nests at most {CONFIG_MAX_DEPTH} deep")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _DuplicateKey as exc:
+        raise RepositoryError(f"{path}: key {exc} appears twice in one object") from None
+    except Exception as exc:  # noqa: BLE001 - JSONDecodeError, too many digits, RecursionError: all the file's fault
+        raise RepositoryError(f"{path}: not readable JSON ({shown(str(exc), 200, quote=False)})") from None
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep ``text``'s arrays and objects nest, brackets inside strings aside (JSON or not)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(shown(key))
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _integer(value: Any, where: str, key: str, lowest: int, highest: int, meaning: str = "") -> int:
+    """``value`` if it is an integer (booleans are not) from ``lowest`` to ``highest``."""
+    if isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= highest:
+        return value
+    raise RepositoryError(f"{where}: {key} must be an integer from {lowest:,} to {highest:,}{meaning}, "
+                          f"got {shown(value)}")
+
+
+def _version(value: Any, where: str) -> str:
+    """A version of a specific version_policy as its folder is named: a positive int64, or its digits."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    digits = str(value) if integer else value if isinstance(value, str) else ""
+    if _is_number(digits) and len(digits) <= len(str(MAX_VERSION)) and 1 <= int(digits) <= MAX_VERSION:
+        return digits
+    raise RepositoryError(f"{where}: version_policy.specific.versions holds {shown(value)}; each version is an "
+                          f"integer from 1 to {MAX_VERSION:,} (or its digits as a string)")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model folder (None: it can), by the rules model_folders reads by."""
+    if not name:
+        return "it is empty"
+    if name.startswith("."):
+        return "it starts with a dot (hidden folders are never read)"
+    if "/" in name or "\0" in name or (os.altsep and os.altsep in name):
+        return "it holds a path separator or a NUL character"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"it is longer than {MAX_NAME_BYTES} bytes"
+    return None
 
 
 @dataclass(frozen=True)
@@ -144,14 +309,17 @@ class ModelScan:
     error: RepositoryError | None = None
 
 
-def scan_model(root: Path, name: str) -> ModelScan:
-    """Model ``name``'s versions and config.json, reading its folder once and stat-ing each file once
-    (blocking: the server runs it on a worker thread)."""
+def scan_model(root: Path, name: str, limits: ConfigLimits = ConfigLimits()) -> ModelScan:
+    """Model ``name``'s versions and config.json (its values within ``limits``), reading its folder once
+    and stat-ing each file once (blocking: the server runs it on a worker thread)."""
     folder = Path(root) / name
-    versions = {file.parent.name: (ModelSource(file, name=name, version=file.parent.name), _signature_of(st))
-                for file, st in _version_files(folder)}
     try:
-        return ModelScan(versions, ModelConfig.read(folder))
+        versions = {file.parent.name: (ModelSource(file, name=name, version=file.parent.name), _signature_of(st))
+                    for file, st in _version_files(folder)}
+    except OSError as exc:  # unreadable (permissions), or a path too long for the filesystem
+        return ModelScan({}, error=RepositoryError(f"{folder}: cannot be read ({exc.strerror or exc})"))
+    try:
+        return ModelScan(versions, ModelConfig.read(folder, limits))
     except RepositoryError as exc:
         return ModelScan(versions, error=exc)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -37,7 +36,7 @@ from edgecnn.serve.logs import configure_logging
 from edgecnn.serve.memory import IdleTrimmer
 from edgecnn.serve.metrics import MULTIPROC_ENV, Metrics, serve_metrics
 from edgecnn.serve.lifecycle import ModelStore
-from edgecnn.serve.model import Model
+from edgecnn.serve.model import Model, largest_request_bytes
 from edgecnn.serve.settings import ServeSettings
 from edgecnn.serve.tls import ServerTls
 
@@ -79,6 +78,8 @@ class InferenceServer:
         self._decode = ThreadPoolExecutor(s.decode_threads_resolved, thread_name_prefix="decode")
         try:
             await self.models.start()
+            if not s.max_message_bytes:  # derived from the models loaded now: later loads must fit it
+                self.models.receive_limit = self.max_receive_bytes()
             limits = Limits(s.max_request_images_resolved, s.max_image_pixels, s.max_decode_backlog_resolved)
             self.service = InferenceService(self.models, self.metrics, self._decode, _package_version(), limits)
             await self._listen()
@@ -115,8 +116,9 @@ class InferenceServer:
         model at the image limit, raw (at least gRPC's usual 4 MiB, room for encoded photos)."""
         if self.settings.max_message_bytes:
             return self.settings.max_message_bytes
-        largest = max((math.prod(m.image_shape) for m in self.models), default=0)  # those loaded at start
-        return max(DERIVED_RECEIVE_FLOOR, largest * self.settings.max_request_images_resolved + MESSAGE_OVERHEAD)
+        images = self.settings.max_request_images_resolved
+        largest = max((largest_request_bytes(m, images) for m in self.models), default=0)  # those loaded at start
+        return max(DERIVED_RECEIVE_FLOOR, largest)
 
     async def _listen(self) -> None:
         s = self.settings
@@ -246,8 +248,6 @@ class InferenceServer:
             self._metrics_http = None
 
 
-# Room in a request message for everything but its pixels (names, shapes, parameters).
-MESSAGE_OVERHEAD = 64 * 1024
 DERIVED_RECEIVE_FLOOR = 4 * 1024 * 1024
 # Responses are the server's own (logits, top-k strings): bounded by what it computes, not by clients.
 MAX_SEND_BYTES = 64 * 1024 * 1024

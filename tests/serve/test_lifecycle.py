@@ -68,7 +68,7 @@ def test_version_policies_choose_like_triton(policy, expected):
 
 @pytest.mark.parametrize("config, message", [
     ("{", "not readable JSON"),
-    ('{"max_batch_size": 0}', "max_batch_size must be an integer >= 1"),
+    ('{"max_batch_size": 0}', "max_batch_size must be an integer from 1 to 4,096, got 0"),
     ('{"version_policy": {"newest": {}}}', "unknown version_policy 'newest'"),
     ('{"labels": []}', "labels must be a non-empty list"),
     ('{"batch": 4}', "unknown keys batch"),
