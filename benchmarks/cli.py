@@ -34,19 +34,28 @@ def _parse(text: str, flag: str, kind: type) -> tuple:
 
 
 def _check_inputs(models: list[Path], settings: BenchSettings) -> None:
-    """Bad model files and an --out that cannot be a folder fail now, in one sentence, not after minutes of timing."""
+    """Bad model files, TLS and token files, an --images that is no folder and an --out that cannot be one fail
+    now, in one sentence, not after minutes of timing."""
     from edgecnn.serve.userfiles import check_model_file, folder_problem
 
     for model in models:
         check_model_file(model)
+    if settings.server or settings.start_server:
+        settings.security()  # reads and checks --tls-ca, --tls-cert, --tls-key and --token-file
+    if settings.images and not Path(settings.images).is_dir():
+        missing = not Path(settings.images).exists()
+        raise ValueError(f"--images {settings.images}: {'no such folder' if missing else 'a file, not a folder'}")
     problem = folder_problem(settings.out)
     if problem:
         raise ValueError(f"--out {settings.out}: {problem}")
 
 
-def _fail(console, message: object) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+def _fail(message: object) -> typer.Exit:
+    """A user error: one line on stderr, exit code 1 (typer's own usage errors keep theirs, 2)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
 
 
 def bench(
@@ -111,10 +120,12 @@ def _bench_command(models: list[Path], compare: Optional[tuple[Path, Path]], fla
     exit_on_sigterm()
     console = Console(width=None if sys.stdout.isatty() else 120)  # piped into a file: keep the tables whole
     if compare:
+        from edgecnn.serve.userfiles import check_readable
+
         try:
-            print_comparison(*compare, console=console)
+            print_comparison(*(check_readable(path, "--compare") for path in compare), console=console)
         except ValueError as exc:  # a file that is missing, not JSON, or not a bench report
-            raise _fail(console, exc) from None
+            raise _fail(exc) from None
         return
     try:
         settings = BenchSettings(**(flags | {name: _parse(flags[name], *LISTS[name]) for name in LISTS}))
@@ -133,7 +144,7 @@ def _bench_command(models: list[Path], compare: Optional[tuple[Path, Path]], fla
         _check_inputs(models, settings)
         outcome = run_bench(models, settings, command, progress=plain)
     except (ValueError, ServerStartError) as exc:
-        raise _fail(console, exc) from None
+        raise _fail(exc) from None
     print_report(outcome.report, console)
     plain(f"wrote {outcome.json_path}, bench.md and {len(outcome.plots)} plot(s) in {outcome.json_path.parent}")
 
@@ -166,7 +177,7 @@ def demo(
     console = Console(width=None if sys.stdout.isatty() else 120)
     problem = folder_problem(out)
     if problem:
-        raise _fail(console, f"--out {out}: {problem}")
+        raise _fail(f"--out {out}: {problem}")
     with needs_extra("train,serve", "demo"), catching_user_errors():  # a bad --model ends in one line
         from edgecnn.benchmarks.demo import run_demo
 

@@ -20,8 +20,6 @@ MODEL_INFER = f"/{SERVICE}/ModelInfer"
 MODEL_METADATA = f"/{SERVICE}/ModelMetadata"
 SERVER_READY = f"/{SERVICE}/ServerReady"
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -67,7 +65,7 @@ def fetch_model_spec(address: str, model: str, version: str = "", timeout_s: flo
                        metadata=security.metadata)
         except grpc.RpcError as error:  # nothing listening, no such model, a token refused
             raise ValueError(f"{address}: the metadata of model {model!r} could not be read: "
-                             f"{describe_rpc_error(error)}") from None
+                             f"{describe_rpc_error(error, security)}") from None
     response = pb.ModelMetadataResponse.FromString(raw)
     inputs = tuple(InputSpec(t.name, t.datatype, tuple(t.shape)) for t in response.inputs)
     return ModelSpec(response.name, version, response.platform, inputs), raw
@@ -93,18 +91,18 @@ def batch_shape(spec: InputSpec, batch_size: int) -> list[int]:
 
 def load_images(folder: str | Path, spec: InputSpec) -> np.ndarray:
     """Every image under ``folder``, decoded and resized to the input's [N, H, W, C] uint8 layout."""
-    from edgecnn.serve.images import ImageDecodeError, decode_image
+    from edgecnn.serve.images import FORMATS_TEXT, ImageDecodeError, decode_image, image_files
 
     if spec.datatype != "UINT8" or len(spec.shape) != 4 or spec.shape[3] not in (1, 3):
         raise ValueError(f"real images need a UINT8 [N, H, W, C] input; the server's is {spec.datatype} {list(spec.shape)}")
     _, height, width, channels = spec.shape
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        raise ValueError(f"--images {folder}: no images ({FORMATS_TEXT}) in it")
     images = []
     for path in files:
         try:
-            images.append(decode_image(path.read_bytes(), height, width, channels, formats=None))
+            images.append(decode_image(path.read_bytes(), height, width, channels))
         except ImageDecodeError as exc:
             raise ValueError(f"--images: {path}: {exc}") from None
     return np.stack(images)

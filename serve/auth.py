@@ -29,6 +29,8 @@ from typing import Iterator
 
 import grpc
 
+from edgecnn.serve.userfiles import read_user_file
+
 log = logging.getLogger(__name__)
 
 SCOPES = ("inference", "metadata", "admin")
@@ -56,6 +58,7 @@ HEALTH_METHODS = (
     _OIP + "ServerReady",
 )
 
+HEADER_UNSAFE = "the token has characters an HTTP header value cannot carry (visible ASCII only)"
 UNAUTHENTICATED_DETAILS = "missing or unknown bearer token: send 'authorization: Bearer TOKEN' metadata"
 
 
@@ -90,20 +93,18 @@ def _header_safe(token: str) -> bool:
 
 
 def load_tokens(path: Path) -> TokenTable:
-    """Parse a token file; ValueError naming the file and line for anything wrong (never the token)."""
+    """Parse the ``--auth-token-file``; ValueError naming the flag, the file and the line for anything wrong
+    (never the token)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"auth token file {path} is not UTF-8 text") from None
+    flag = f"--auth-token-file {path}"
     table: dict[bytes, tuple[int, frozenset[str]]] = {}  # digest -> (line number, scopes)
-    for number, line in _token_lines(text):
+    for number, line in _token_lines(_read_text(path, "--auth-token-file")):
         token, *rest = line.split(None, 1)
-        where = f"auth token file {path}, line {number}"
+        where = f"{flag}, line {number}"
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"{where}: the token is shorter than {MIN_TOKEN_CHARS} characters, so it could be guessed")
         if not _header_safe(token):
-            raise ValueError(f"{where}: the token has characters an HTTP header value cannot carry (visible ASCII only)")
+            raise ValueError(f"{where}: {HEADER_UNSAFE}")
         scopes = SCOPES
         if rest:
             scopes = tuple(scope.strip() for scope in rest[0].split(","))
@@ -117,16 +118,28 @@ def load_tokens(path: Path) -> TokenTable:
             raise ValueError(f"{where}: duplicates the token of line {table[digest][0]}")
         table[digest] = (number, frozenset(scopes))
     if not table:
-        raise ValueError(f"auth token file {path} has no tokens")
+        raise ValueError(f"{flag}: no token in the file (lines \"TOKEN\" or \"TOKEN scope,scope\")")
     return TokenTable({digest: scopes for digest, (_, scopes) in table.items()})
 
 
 def read_token_file(path: Path) -> str:
-    """For clients: the token of the file's first token line (its first field)."""
+    """For clients (``--token-file``): the token of the file's first token line (its first field), so a
+    trailing newline, CRLF or spaces around it do not matter; ValueError naming the flag and the file."""
     path = Path(path)
-    for _, line in _token_lines(path.read_text(encoding="utf-8")):
-        return line.split()[0]
-    raise ValueError(f"token file {path} has no token")
+    for number, line in _token_lines(_read_text(path, "--token-file")):
+        token = line.split()[0]
+        if not _header_safe(token):
+            raise ValueError(f"--token-file {path}, line {number}: {HEADER_UNSAFE}")
+        return token
+    raise ValueError(f"--token-file {path}: no token in the file")
+
+
+def _read_text(path: Path, flag: str) -> str:
+    """A token file's text; a UTF-8 byte-order mark (as some editors write) is dropped."""
+    try:
+        return read_user_file(path, flag).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {path}: not UTF-8 text") from None
 
 
 def _token_lines(text: str) -> Iterator[tuple[int, str]]:

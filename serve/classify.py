@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
-from edgecnn.serve.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from edgecnn.serve.images import DEFAULT_MAX_PIXELS, FORMATS_TEXT, ImageDecodeError, decode_image, image_files
 from edgecnn.serve.settings import usable_cores
 
 Engine = Literal["local", "ray"]
@@ -58,8 +58,8 @@ def _flag(default, help: str):
 class ClassifySettings:
     """Every tunable of `edgecnn classify`: its defaults are the CLI's, its help texts the flags'."""
 
-    input: str = field(metadata={"help": "A folder (searched recursively for images) or a glob of image files "
-                                         "(quote it: 'photos/**/*.jpg')."})
+    input: str = field(metadata={"help": f"A folder (searched recursively for {FORMATS_TEXT} images) or a glob "
+                                         "of image files (quote it: 'photos/**/*.jpg'); other formats are errors."})
     model: Path = field(metadata={"help": "An exported MODEL.onnx (labels and input size are read from it)."})
     output: Path = field(metadata={"help": "OUT.csv or OUT.parquet: one row per image (path, label, score, "
                                            "top_k, error), written whole or not at all."})
@@ -107,21 +107,13 @@ class ClassifyError(ValueError):
 # ---------------------------------------------------------------------------------------------- input
 
 
-def image_suffixes() -> frozenset[str]:
-    """File suffixes Pillow registers a reader for (.png, .jpg, .jpeg, .webp, .bmp, ...)."""
-    from PIL import Image
-
-    return frozenset(suffix.lower() for suffix in Image.registered_extensions())
-
-
 def find_images(source: str) -> list[str]:
     """The image files of a folder (recursively, by suffix), of a glob (every file it matches), or one file;
-    sorted, so the output's row order is the same run after run."""
+    sorted, so the output's row order is the same run after run. A folder's images are its PNG and JPEG files
+    (by suffix: what the server decodes); a glob's or a file's other formats are reported in their rows."""
     path = Path(source)
     if path.is_dir():
-        suffixes = image_suffixes()
-        found = [p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
-        return sorted(str(p) for p in found)
+        return [str(p) for p in image_files(path)]
     if path.is_file():
         return [source]
     if glob.has_magic(source):
@@ -135,7 +127,7 @@ def output_format(path: Path) -> str:
         return "csv"
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
-    raise ClassifyError(f"{path}: the output must end in .csv or .parquet (got {suffix or 'no suffix'!r})")
+    raise ClassifyError(f"--output {path}: the output must end in .csv or .parquet (got {suffix or 'no suffix'!r})")
 
 
 # ------------------------------------------------------------------------------------ the work itself
@@ -182,9 +174,8 @@ class BatchClassifier:
             try:
                 with open(path, "rb") as f:
                     data = f.read()
-                # Local files may be any format Pillow reads; the pixel limit still holds.
-                images[i] = decode_image(data, height, width, channels, formats=None,
-                                         max_pixels=self.max_image_pixels)
+                # The formats the server decodes, so that a file labels here as it would over the wire.
+                images[i] = decode_image(data, height, width, channels, max_pixels=self.max_image_pixels)
             except (OSError, ImageDecodeError) as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
 
@@ -287,7 +278,10 @@ def run_ray(paths: Sequence[str], model: Path, s: ClassifySettings, sink: Sink) 
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        where = {"address": s.ray_address} if s.ray_address else {"num_cpus": s.ray_cpus or usable_cores()}
+        # "local": a Ray instance of our own, even where `ray start` runs one here (Ray would join it, and
+        # then refuse num_cpus); --ray-address joins a cluster instead.
+        where = {"address": s.ray_address} if s.ray_address else {"address": "local",
+                                                                 "num_cpus": s.ray_cpus or usable_cores()}
         try:
             ray.init(**where, include_dashboard=False, log_to_driver=False, logging_level="warning")
         except ConnectionError as exc:  # "auto" with no cluster running
@@ -419,14 +413,28 @@ def _umask() -> int:
 def _check_model(model: Path) -> None:
     """A missing, corrupt or foreign model file fails here in one sentence, not in each decode worker or Ray actor."""
     from edgecnn.export.metadata import MetadataError, metadata_of_session
-    from edgecnn.serve.userfiles import ModelFileError, check_model_file
+    from edgecnn.serve.userfiles import ModelFileError, UserFileError, check_model_file, check_readable
 
     try:
-        metadata_of_session(check_model_file(model))
-    except ModelFileError as exc:
+        metadata_of_session(check_model_file(check_readable(model, "--model")))
+    except UserFileError as exc:
         raise ClassifyError(str(exc)) from None
+    except ModelFileError as exc:
+        raise ClassifyError(f"--model {exc}") from None
     except MetadataError as exc:
-        raise ClassifyError(f"{model}: {exc}") from None
+        raise ClassifyError(f"--model {model}: {exc}") from None
+
+
+def _check_output(output: Path) -> None:
+    """An --output that is a folder, has no .csv/.parquet suffix, or cannot be written fails now, in one sentence."""
+    from edgecnn.serve.userfiles import folder_problem
+
+    if output.is_dir():
+        raise ClassifyError(f"--output {output}: a folder; give a file OUT.csv or OUT.parquet")
+    output_format(output)
+    problem = folder_problem(output.parent)
+    if problem:
+        raise ClassifyError(f"--output {output}: {problem}")
 
 
 def _check_ray_address(address: str) -> None:
@@ -448,6 +456,7 @@ def classify(s: ClassifySettings) -> Report:
     if s.batch_size < 1 or s.top_k < 1:
         raise ClassifyError("--batch-size and --top-k must be at least 1")
     # Every check that can fail fails now, before any image is read.
+    _check_output(s.output)
     if output_format(s.output) == "parquet":
         try:
             import pyarrow.parquet  # noqa: F401
@@ -467,7 +476,7 @@ def classify(s: ClassifySettings) -> Report:
     try:
         s.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ClassifyError(f"{s.output.parent}: cannot create the output folder: {exc}") from None
+        raise ClassifyError(f"--output {s.output}: cannot create its folder ({exc.strerror or exc})") from None
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

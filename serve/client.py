@@ -81,12 +81,17 @@ FAILOVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 ATTEMPT_TIMEOUT_S = 2.0  # default per-attempt timeout of infer() when there are several replicas
+WEB_SCHEMES = ("http", "https", "grpc", "grpcs")  # what users type before HOST:PORT; no gRPC resolver's
 
 
 def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
     """The gRPC target and the options for ``address``: one HOST:PORT, several comma-separated, or a
     resolver URI (``dns:///``, ``ipv4:``); several replicas get the failover options."""
-    if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
+    scheme = address.partition("://")[0].lower() if "://" in address else ""
+    if scheme in WEB_SCHEMES:  # gRPC would take "http" for a host name: "Misformatted domain name"
+        raise ValueError(f"{address} is not a gRPC address: it takes no scheme; give {address.split('://', 1)[1]} "
+                         "(with --tls-ca or --tls for TLS)")
+    if scheme or address.startswith(("ipv4:", "ipv6:", "unix:")):
         return address, FAILOVER_OPTIONS if is_failover(address) else []
     hosts = [part.strip() for part in address.split(",") if part.strip()]
     if not hosts:
@@ -103,10 +108,36 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
     return f"{family}:{','.join(resolved)}", options
 
 
-def describe_rpc_error(error: grpc.RpcError) -> str:
-    """A failed call as one line for a command's error message: its status code and the first line of its details."""
+def describe_rpc_error(error: grpc.RpcError, security: ChannelSecurity | None = None) -> str:
+    """A failed call as one line for a command's error message: its status code and the first line of its
+    details, and with ``security`` (how the client connected) the likely cause of a failed TLS handshake."""
     details = (error.details() or "").strip().splitlines()
-    return f"{error.code().name}: {details[0]}" if details else error.code().name
+    text = f"{error.code().name}: {details[0]}" if details else error.code().name
+    hint = tls_hint(error, security) if security is not None else None
+    return f"{text} ({hint})" if hint else text
+
+
+def tls_hint(error: grpc.RpcError, security: ChannelSecurity) -> str | None:
+    """What a connection that failed this way most likely lacks, in the client's flags; None if not TLS.
+
+    gRPC reports each mismatch only as a closed socket or a failed handshake: a TLS server closes a
+    plaintext client's connection, and a mutual-TLS one a client's that shows no (or a foreign) certificate.
+    """
+    details = error.details() or ""
+    if error.code() != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in details:
+        return None
+    if security.tls and "WRONG_VERSION_NUMBER" in details:
+        return "the server may not use TLS: leave out --tls and --tls-ca"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        signer = "the CA of --tls-ca" if security.tls_ca else "a CA the system trusts: give --tls-ca"
+        return f"the server's certificate may not be signed by {signer}"
+    if not any(closed in details for closed in ("Socket closed", "Connection reset")):
+        return None
+    if not security.tls:
+        return "the server may expect TLS: --tls-ca CA.pem, or --tls"
+    if security.tls_cert is None:
+        return "the server may require a client certificate: --tls-cert and --tls-key"
+    return "the server may not accept the client certificate of --tls-cert: its --tls-client-ca must have signed it"
 
 
 def is_failover(address: str) -> bool:
@@ -144,6 +175,8 @@ class ChannelSecurity:
     @classmethod
     def from_files(cls, *, tls: bool = False, tls_ca: Path | None = None, tls_cert: Path | None = None,
                    tls_key: Path | None = None, token_file: Path | None = None) -> "ChannelSecurity":
+        """The security the client flags of `predict` and `bench` ask for, their files read and checked now:
+        a missing, unreadable or malformed one is a ValueError naming its flag and the file."""
         from edgecnn.serve.auth import read_token_file
 
         token = read_token_file(Path(token_file)) if token_file else None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
 from edgecnn.serve.extras import needs_extra
+from edgecnn.serve.images import FORMATS_TEXT
 from edgecnn.serve.settings import ModelControlMode, Provider, ServeSettings, help_of
 
 S = ServeSettings  # its class attributes are the defaults
@@ -68,7 +69,10 @@ def serve(
     grace: Annotated[float, _option("grace")] = S.grace,
     log_level: Annotated[str, _option("log_level")] = S.log_level,
 ) -> None:
-    """Serve MODEL.onnx or a model repository over the Open Inference Protocol (gRPC), with dynamic batching."""
+    """Serve MODEL.onnx or a model repository over the Open Inference Protocol (gRPC), with dynamic batching.
+
+    Clients send uint8 pixels, or encoded images that the server decodes: PNG or JPEG (.png, .jpg, .jpeg) only.
+    """
     flags = dict(locals())  # every parameter above is a ServeSettings field of the same name
     from edgecnn.export.metadata import MetadataError
 
@@ -85,11 +89,12 @@ def serve(
 
 
 def predict(
-    images: Annotated[
-        list[Path], typer.Argument(help="Image files (PNG, JPEG, ...), decoded by the server.", exists=True, dir_okay=False)
-    ],
+    images: Annotated[list[Path], typer.Argument(
+        help=f"Image files, {FORMATS_TEXT}: the formats the server decodes. Each is reported on its own: a row "
+        "of labels, or an error line (exit code 1).", show_default=False)],
     server: Annotated[str, typer.Option(
-        help="Server address HOST:PORT; several comma-separated, or dns:///NAME:PORT, for round robin with failover."
+        help="Server address HOST:PORT (no scheme); several comma-separated, or dns:///NAME:PORT, for round robin "
+        "with failover."
     )] = "localhost:8001",
     model: Annotated[str, typer.Option(help="Model name (default: the only model the server serves).")] = "",
     version: Annotated[str, typer.Option(help="Model version (default: the highest).")] = "",
@@ -105,55 +110,73 @@ def predict(
         help="File holding the bearer token to send (its first line's first field); never pass a token itself.",
         show_default=False)] = None,
 ) -> None:
-    """Classify images with a running `edgecnn serve` and print the top labels and scores."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """Classify images with a running `edgecnn serve` and print the top labels and scores of each."""
     with needs_extra("serve", "predict"):  # a train-only install has no gRPC
         import grpc
 
         from edgecnn.serve.client import ChannelSecurity, InferenceClient, describe_rpc_error
 
-    encoded = _read_images(images)
-    try:
+    try:  # the flags' files first: a bad one ends the command before any image is read
         security = ChannelSecurity.from_files(tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                                               token_file=token_file)
-        with InferenceClient(server, timeout=timeout, security=security) as client:
-            result = client.infer(model, encoded, version=version, top_k=top_k)
-    except ValueError as exc:  # the TLS files, the token file, the --server address
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except grpc.RpcError as error:
-        typer.echo(f"error: {server}: {describe_rpc_error(error)}", err=True)
-        raise typer.Exit(1) from None
+    except ValueError as exc:
+        _fail(str(exc))
+    readable, failures = _read_images(images)
+    for path, reason in failures:  # each bad image in a line of its own; the others are still classified
+        typer.echo(f"error: {path}: {reason}", err=True)
+    if readable:
+        try:
+            with InferenceClient(server, timeout=timeout, security=security) as client:
+                result = client.infer(model, [data for _, data in readable], version=version, top_k=top_k)
+        except ValueError as exc:  # the --server address
+            _fail(str(exc))
+        except grpc.RpcError as error:
+            _fail(f"{server}: {describe_rpc_error(error, security)}")
+        _print_results([path for path, _ in readable], result, server)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _print_results(paths: list[Path], result, server: str) -> None:
+    """One table: each image's top labels, best first."""
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title=f"{result.model_name} (version {result.model_version}) at {server}")
     for column in ("image", "rank", "label", "index", "score"):
         table.add_column(column, justify="left" if column in ("image", "label") else "right")
-    for path, classes in zip(images, result.top_k):
+    for path, classes in zip(paths, result.top_k):
         for rank, c in enumerate(classes, start=1):
             table.add_row(str(path) if rank == 1 else "", str(rank), c.label, str(c.index), f"{c.score:.4f}")
     Console().print(table)
 
 
-def _read_images(paths: list[Path]) -> list[bytes]:
-    """Each file's bytes, decoded here as the server will decode them, so that a bad file is named
-    (the server can only say "image 3")."""
+def _read_images(paths: list[Path]) -> tuple[list[tuple[Path, bytes]], list[tuple[Path, str]]]:
+    """The bytes of each file that decodes here as the server will decode it, and why each other one does not
+    (the server could only say "image 3")."""
     from edgecnn.serve.images import ImageDecodeError, decode_image
     from edgecnn.serve.settings import PILLOW_PIXEL_LIMIT
 
-    encoded = []
+    readable, failures = [], []
     for path in paths:
         try:
-            encoded.append(path.read_bytes())
-            decode_image(encoded[-1], 1, 1, 1, max_pixels=PILLOW_PIXEL_LIMIT)
+            data = path.read_bytes()
+            decode_image(data, 1, 1, 1, max_pixels=PILLOW_PIXEL_LIMIT)
+            readable.append((path, data))
+        except FileNotFoundError:
+            failures.append((path, "no such file"))
+        except IsADirectoryError:
+            failures.append((path, "a folder, not an image file"))
         except OSError as exc:
-            typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
-            raise typer.Exit(1) from None
+            failures.append((path, f"cannot read it ({exc.strerror or exc})"))
         except ImageDecodeError as exc:
-            typer.echo(f"error: {path}: {exc}", err=True)
-            raise typer.Exit(1) from None
-    return encoded
+            failures.append((path, str(exc)))
+    return readable, failures
 
 
 def register(app: typer.Typer) -> None:

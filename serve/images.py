@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,8 +13,13 @@ _MODES = {1: "L", 3: "RGB"}
 
 
 # What the server decodes: formats whose decoders are small, common and fuzzed hard. Pillow's others
-# (EPS runs Ghostscript, and a dozen rarer formats) never see untrusted bytes here.
+# (EPS runs Ghostscript, and a dozen rarer formats) never see untrusted bytes here. The one set of formats:
+# `predict` sends only these, and `classify` and `bench --images` read only these.
 SERVED_FORMATS = ("PNG", "JPEG")
+# The file names of SERVED_FORMATS, by which a folder's images are found.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# The accepted formats as help texts name them.
+FORMATS_TEXT = f"{' or '.join(SERVED_FORMATS)} ({', '.join(IMAGE_SUFFIXES)})"
 # 16 megapixels: a 4,000 x 4,000 photo; 48 MB decoded as RGB.
 DEFAULT_MAX_PIXELS = 16_000_000
 
@@ -25,6 +31,11 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 class ImageDecodeError(ValueError):
     """Bytes that are not a readable image of an accepted format, or one too large to decode."""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The files under ``folder`` (recursively) whose names end in an IMAGE_SUFFIXES suffix, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def to_array(image: Image.Image, height: int, width: int, channels: int) -> np.ndarray:

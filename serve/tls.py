@@ -6,7 +6,8 @@
                                                  open connections keep theirs; bad files are kept out
     client_credentials(ca, cert, key)            grpc.ChannelCredentials for a client
 
-With ``client_ca`` (mutual TLS) every client must present a certificate that CA signed.
+With ``client_ca`` (mutual TLS) every client must present a certificate that CA signed. Errors name the
+command-line flag of the file (--tls-cert, --tls-key, --tls-client-ca; a client's CA is --tls-ca).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from edgecnn.serve.userfiles import read_user_file
+
 log = logging.getLogger(__name__)
 
 
@@ -33,38 +36,31 @@ class _Files(NamedTuple):
     not_after: str
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ValueError(f"cannot read the {what} {path}: {error.strerror or error}") from None
-
-
-def _certificates(path: Path, what: str) -> tuple[bytes, list[x509.Certificate]]:
-    data = _read(path, what)
+def _certificates(path: Path, flag: str) -> tuple[bytes, list[x509.Certificate]]:
+    data = read_user_file(path, flag)
     try:
         return data, x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise ValueError(f"the {what} {path} is not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+        raise ValueError(f"{flag} {path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
 
 
 def _private_key(path: Path):
-    data = _read(path, "TLS private key")
+    data = read_user_file(path, "--tls-key")
     try:
         return data, serialization.load_pem_private_key(data, password=None)
     except TypeError:  # encrypted: gRPC cannot ask for a password
-        raise ValueError(f"the TLS private key {path} is encrypted; gRPC needs an unencrypted key") from None
+        raise ValueError(f"--tls-key {path}: the key is encrypted; gRPC needs an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"the TLS private key {path} is not a PEM private key (-----BEGIN PRIVATE KEY-----)") from None
+        raise ValueError(f"--tls-key {path}: not a PEM private key (-----BEGIN PRIVATE KEY-----)") from None
 
 
 def _key_pair(cert: Path, key: Path) -> tuple[bytes, bytes, x509.Certificate]:
-    """The certificate chain and key bytes, checked to be PEM and to belong together."""
-    cert_bytes, chain = _certificates(cert, "TLS certificate")
+    """The bytes of the certificate chain (``--tls-cert``) and key (``--tls-key``), checked to be PEM and a pair."""
+    cert_bytes, chain = _certificates(cert, "--tls-cert")
     key_bytes, private_key = _private_key(key)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if private_key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
-        raise ValueError(f"the TLS private key {key} does not match the certificate {cert}")
+        raise ValueError(f"--tls-key {key}: the key does not match --tls-cert {cert}")
     return cert_bytes, key_bytes, chain[0]
 
 
@@ -87,7 +83,7 @@ class ServerTls:
 
     def _load(self) -> _Files:
         cert_bytes, key_bytes, leaf = _key_pair(self.cert, self.key)
-        ca_bytes = _certificates(self.client_ca, "TLS client CA")[0] if self.client_ca is not None else None
+        ca_bytes = _certificates(self.client_ca, "--tls-client-ca")[0] if self.client_ca is not None else None
         return _Files(cert_bytes, key_bytes, ca_bytes, leaf.not_valid_after_utc.isoformat())
 
     @staticmethod
@@ -134,8 +130,8 @@ def client_credentials(
 ) -> grpc.ChannelCredentials:
     """TLS channel credentials: trust ``ca`` (default: the system roots); ``cert`` + ``key`` for mutual TLS."""
     if (cert is None) != (key is None):
-        raise ValueError("a TLS client certificate and its key go together")
-    root = _certificates(Path(ca), "TLS CA")[0] if ca is not None else None
+        raise ValueError("--tls-cert and --tls-key go together")
+    root = _certificates(Path(ca), "--tls-ca")[0] if ca is not None else None
     chain = private_key = None
     if cert is not None:
         chain, private_key, _ = _key_pair(Path(cert), Path(key))

@@ -11,7 +11,43 @@ from typing import Any
 
 from edgecnn.train.files import folder_problem  # defined in the lowest layer; serve/ and benchmarks/ import it from here
 
-__all__ = ["ModelFileError", "check_model_file", "folder_problem", "open_session"]
+__all__ = ["ModelFileError", "UserFileError", "check_model_file", "check_readable", "folder_problem", "open_session",
+           "read_user_file"]
+
+
+class UserFileError(ValueError):
+    """A file a flag names that is missing, a folder or unreadable; the message names the flag and the file."""
+
+
+def read_user_file(path: str | Path, flag: str) -> bytes:
+    """The bytes of the file ``flag`` names (``--token-file``, ``--tls-ca``, ...), or a UserFileError in one
+    sentence naming both: ``--token-file nosuch.token: no such file``."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserFileError(f"{flag} {path}: {_unreadable(error)}") from None
+
+
+def check_readable(path: str | Path, flag: str) -> Path:
+    """``path`` if it is a file this process can open, else the UserFileError ``read_user_file`` would raise
+    (for files read later, or by another library: a model, a report)."""
+    path = Path(path)
+    try:
+        with path.open("rb"):
+            return path
+    except OSError as error:
+        raise UserFileError(f"{flag} {path}: {_unreadable(error)}") from None
+
+
+def _unreadable(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "cannot read it (permission denied)"
+    return f"cannot read it ({error.strerror or error})"
 
 
 class ModelFileError(ValueError):

@@ -26,7 +26,7 @@ def captured(monkeypatch):
 
 def test_flag_defaults_are_the_settings_defaults(captured):
     result = CliRunner().invoke(app, ["bench", "model.onnx"])
-    assert result.exit_code == 2 and "stop here" in result.output
+    assert result.exit_code == 1 and "stop here" in result.output
     assert captured["settings"] == BenchSettings()
     assert [str(m) for m in captured["models"]] == ["model.onnx"]
 

@@ -80,8 +80,8 @@ def test_token_table_keeps_no_token_text(tmp_path):
         pytest.param(f"{ALL_TOKEN}\n{TOKEN_OF['inference']} inferense\n", 2, "unknown scope 'inferense'", id="unknown-scope"),
         pytest.param(f"{ALL_TOKEN} inference,\n", 1, "unknown scope ''", id="empty-scope"),
         pytest.param(f"{ALL_TOKEN} {UNKNOWN_TOKEN}\n", 1, "unknown scope;", id="second-token-as-scope"),
-        pytest.param("", None, "has no tokens", id="empty-file"),
-        pytest.param("# only a comment\n\n   \n", None, "has no tokens", id="only-comments"),
+        pytest.param("", None, "no token in the file", id="empty-file"),
+        pytest.param("# only a comment\n\n   \n", None, "no token in the file", id="only-comments"),
         pytest.param(f"{ALL_TOKEN}\n#\n{ALL_TOKEN} inference\n", 3, "duplicates the token of line 1", id="duplicate"),
         pytest.param("# x\nshort-token-15c\n", 2, "could be guessed", id="too-short"),
         pytest.param(f"{ALL_TOKEN}é\n", 1, "HTTP header", id="non-ascii"),
@@ -93,7 +93,7 @@ def test_load_tokens_rejects(tmp_path, text, line, says):
     with pytest.raises(ValueError) as error:
         load_tokens(path)
     message = str(error.value)
-    assert str(path) in message and says in message
+    assert message.startswith(f"--auth-token-file {path}") and says in message
     if line is not None:
         assert f"line {line}:" in message
     assert not any(token in message for token in EVERY_TOKEN)
@@ -106,7 +106,24 @@ def test_read_token_file_gives_clients_the_first_token(tmp_path):
     )
     assert read_token_file(write(tmp_path / "b", f"{ALL_TOKEN}\n")) == ALL_TOKEN
     path = write(tmp_path / "c", "# nothing here\n")
-    with pytest.raises(ValueError, match=str(path)):
+    with pytest.raises(ValueError, match=f"--token-file {path}: no token in the file"):
+        read_token_file(path)
+
+
+@pytest.mark.parametrize("text", [f"{ALL_TOKEN}\n", f"{ALL_TOKEN}\r\n", f"  {ALL_TOKEN}  \n\n", f"\ufeff{ALL_TOKEN}\r\n",
+                                  f"{ALL_TOKEN}\t inference\r\n"],
+                         ids=["newline", "crlf", "spaces", "byte-order-mark", "tab-and-scopes"])
+def test_both_sides_read_a_token_whatever_surrounds_it(tmp_path, text):
+    """What editors write around a token (a newline, CRLF, spaces, a UTF-8 BOM) is not part of it."""
+    path = tmp_path / "my.token"
+    path.write_bytes(text.encode("utf-8"))
+    assert read_token_file(path) == ALL_TOKEN
+    assert load_tokens(path).scopes_of(ALL_TOKEN) is not None
+
+
+def test_a_client_token_a_header_cannot_carry_is_refused_naming_the_file(tmp_path):
+    path = write(tmp_path / "my.token", f"{ALL_TOKEN}é\n")
+    with pytest.raises(ValueError, match=f"--token-file {path}, line 1: the token has characters an HTTP header"):
         read_token_file(path)
 
 
@@ -118,7 +135,7 @@ def test_interceptor_for(tmp_path):
     assert interceptor_for(settings_for(tmp_path / "m.onnx")) is None
     tokens = write(tmp_path / "tokens", f"{ALL_TOKEN}\n")
     assert isinstance(interceptor_for(settings_for(tmp_path / "m.onnx", auth_token_file=tokens)), AuthInterceptor)
-    with pytest.raises(ValueError, match="has no tokens"):
+    with pytest.raises(ValueError, match="--auth-token-file .*: no token in the file"):
         interceptor_for(settings_for(tmp_path / "m.onnx", auth_token_file=write(tmp_path / "empty", "")))
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import typer
@@ -61,7 +62,7 @@ def expected_rows(paths: list[Path], model: Path, k: int = 3) -> dict[str, dict]
     decoded = {}
     for path in paths:
         try:
-            decoded[str(path)] = decode_image(path.read_bytes(), 8, 8, 1, formats=None)
+            decoded[str(path)] = decode_image(path.read_bytes(), 8, 8, 1)
         except ValueError:
             decoded[str(path)] = None
     good = [p for p, a in decoded.items() if a is not None]
@@ -120,7 +121,7 @@ def test_folder_to_csv_equals_in_process_onnxruntime(tiny_model, images, tmp_pat
     assert list(rows) == [str(p) for p in paths]  # recursive, sorted, the .txt skipped
     assert without_error(rows) == expected_rows(paths, tiny_model)
     broken = rows[str(images / "broken.png")]
-    assert broken["label"] is None and broken["score"] is None and "not an image" in broken["error"]
+    assert broken["label"] is None and broken["score"] is None and "not a PNG or JPEG image" in broken["error"]
     assert all(row["error"] is None for path, row in rows.items() if not path.endswith("broken.png"))
     assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]  # no temp file left beside it
 
@@ -213,12 +214,12 @@ def test_a_failed_write_leaves_the_old_output_and_no_temp_file(tiny_model, image
     ("args", "message"),
     [
         (["-o", "{tmp}/labels.txt"], "the output must end in .csv or .parquet"),
-        (["-o", "{tmp}/labels.csv", "--model", "{tmp}/missing.onnx"], "no such model file"),
+        (["-o", "{tmp}/labels.csv", "--model", "{tmp}/missing.onnx"], "--model {tmp}/missing.onnx: no such file"),
     ],
     ids=["output-suffix", "missing-model"],
 )
 def test_bad_arguments_fail_before_any_work(tiny_model, images, tmp_path, args, message):
-    args = [a.format(tmp=tmp_path) for a in args]
+    args, message = [a.format(tmp=tmp_path) for a in args], message.format(tmp=tmp_path)
     if "--model" not in args:
         args += ["--model", str(tiny_model)]
     result = run_classify(str(images), *args)
@@ -246,6 +247,29 @@ def test_a_model_without_edgecnn_metadata_is_one_line(tiny_model, images, tmp_pa
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     result = run_classify(str(images), "--model", str(tmp_path / "bare.onnx"), "-o", str(tmp_path / "out.csv"))
     assert result.exit_code == 1
-    assert result.output.startswith(f"error: {tmp_path / 'bare.onnx'}: no edgecnn metadata in this model")
+    assert result.output.startswith(f"error: --model {tmp_path / 'bare.onnx'}: no edgecnn metadata in this model")
     assert len(result.output.splitlines()) == 1
     assert not (tmp_path / "out.csv").exists() and [p.name for p in tmp_path.iterdir()] == ["bare.onnx"]
+
+
+def test_classify_reads_exactly_the_formats_the_server_decodes(tiny_model, client, tmp_path):
+    """GIF, BMP and WebP: skipped by a folder scan (by suffix), and refused in their rows when named by a glob,
+    with the sentence the server answers the same bytes with."""
+    from edgecnn.serve.images import IMAGE_SUFFIXES
+
+    pixels = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for suffix in (*IMAGE_SUFFIXES, ".gif", ".bmp", ".webp"):
+        Image.fromarray(pixels).save(tmp_path / f"image{suffix}")
+    result = run_classify(str(tmp_path), "--model", str(tiny_model), "-o", str(tmp_path / "out" / "folder.csv"))
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(p).suffix for p in read_csv(tmp_path / "out" / "folder.csv")) == sorted(IMAGE_SUFFIXES)
+
+    result = run_classify(str(tmp_path / "image.*"), "--model", str(tiny_model), "-o", str(tmp_path / "glob.csv"))
+    assert result.exit_code == 0, result.output
+    errors = {Path(p).suffix: row["error"] for p, row in read_csv(tmp_path / "glob.csv").items() if row["error"]}
+    assert set(errors) == {".gif", ".bmp", ".webp"}
+    for suffix, error in errors.items():
+        with pytest.raises(grpc.RpcError) as refused:
+            client.infer("tiny", [(tmp_path / f"image{suffix}").read_bytes()])
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().endswith(error) and error.startswith("not a PNG or JPEG image")

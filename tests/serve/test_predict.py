@@ -1,8 +1,11 @@
-"""`edgecnn predict IMAGE... --server HOST:PORT`: a table of labels and scores, or one error line."""
+"""`edgecnn predict IMAGE... --server HOST:PORT`: a table of labels and scores for the good images, and one error
+line for each bad one (or for a failed call)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from edgecnn.serve.cli import app
@@ -62,3 +65,37 @@ def test_predict_over_mutual_tls_with_a_token(tiny_model, tmp_path):
                                           str(tmp_path / "missing.pem")])
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
         assert "missing.pem" in result.output
+
+
+def test_predict_reports_each_image_and_fails_if_any_did(server, tmp_path):
+    """The good images get their rows; a bad one (not an image, a GIF the server would refuse) an error line."""
+    good = [tmp_path / "good.png", tmp_path / "good.jpg"]
+    for path, fmt in zip(good, ["PNG", "JPEG"]):
+        path.write_bytes(encode(np.full((8, 8, 3), 90, np.uint8), fmt))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "anim.gif")
+    gif_bytes = (tmp_path / "anim.gif").stat().st_size
+    paths = [good[0], tmp_path / "bad.png", good[1], tmp_path / "anim.gif", tmp_path / "missing.png"]
+    result = CliRunner().invoke(app, ["predict", *map(str, paths), "--server", server.address, "--top-k", "1"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[:3] == [f"error: {tmp_path / 'bad.png'}: not a PNG or JPEG image (12 bytes)",
+                         f"error: {tmp_path / 'anim.gif'}: not a PNG or JPEG image ({gif_bytes} bytes)",
+                         f"error: {tmp_path / 'missing.png'}: no such file"]
+    rows = [line for line in lines[3:] if str(tmp_path) in line]
+    assert [next(str(p) for p in good if str(p) in row) for row in rows] == [str(p) for p in good]
+    assert "tiny (version 1)" in result.output
+
+
+@pytest.mark.parametrize("command", ["predict", "classify", "serve"])
+def test_help_names_exactly_the_formats_the_server_decodes(command):
+    from PIL import Image as pillow
+
+    from edgecnn.serve.images import FORMATS_TEXT, IMAGE_SUFFIXES, SERVED_FORMATS
+
+    pillow.init()
+    assert {pillow.registered_extensions()[suffix] for suffix in IMAGE_SUFFIXES} == set(SERVED_FORMATS)
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert FORMATS_TEXT in " ".join(result.output.replace("│", " ").split()), result.output

@@ -236,18 +236,18 @@ def test_server_tls_rejects_bad_files_naming_the_file(pki, tmp_path, case):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("hello\n")
     missing = tmp_path / "missing.pem"
-    cert, key, client_ca, named = {
-        "missing cert": (missing, a.key, None, missing),
-        "missing key": (a.cert, missing, None, missing),
-        "missing client CA": (a.cert, a.key, missing, missing),
-        "cert not PEM": (garbage, a.key, None, garbage),
-        "key not PEM": (a.cert, garbage, None, garbage),
-        "key of another cert": (a.cert, b.key, None, b.key),
+    cert, key, client_ca, sentence = {
+        "missing cert": (missing, a.key, None, f"--tls-cert {missing}: no such file"),
+        "missing key": (a.cert, missing, None, f"--tls-key {missing}: no such file"),
+        "missing client CA": (a.cert, a.key, missing, f"--tls-client-ca {missing}: no such file"),
+        "cert not PEM": (garbage, a.key, None, f"--tls-cert {garbage}: not a PEM certificate"),
+        "key not PEM": (a.cert, garbage, None, f"--tls-key {garbage}: not a PEM private key"),
+        "key of another cert": (a.cert, b.key, None, f"--tls-key {b.key}: the key does not match --tls-cert {a.cert}"),
     }[case]
     with pytest.raises(ValueError) as error:
         ServerTls(cert, key, client_ca)
     message = str(error.value)
-    assert str(named) in message and "\n" not in message
+    assert message.startswith(sentence) and "\n" not in message
 
 
 def test_server_tls_describes_itself(pki):
@@ -262,5 +262,7 @@ def test_client_credentials_check_their_files(pki, tmp_path):
     assert isinstance(client_credentials(), grpc.ChannelCredentials)  # system roots
     with pytest.raises(ValueError, match="go together"):
         client_credentials(pki["ca1"].cert, cert=client.cert)
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "nope.pem"))):
+    with pytest.raises(ValueError, match=re.escape(f"--tls-ca {tmp_path / 'nope.pem'}: no such file")):
         client_credentials(tmp_path / "nope.pem")
+    with pytest.raises(ValueError, match=re.escape(f"--tls-ca {tmp_path}: a folder, not a file")):
+        client_credentials(tmp_path)
