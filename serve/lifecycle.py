@@ -8,7 +8,9 @@
 A new or changed version is loaded and warmed up on a worker thread beside the one serving, then
 swapped in on the event loop (one dict assignment); requests already holding the old one finish on
 it, and only then are its compute threads stopped and its sessions let go. A load that fails (a
-broken or half-copied file) leaves the serving version in place and records why in the index.
+broken or half-copied file) leaves the serving version in place and records why in the index. A
+repository entry that serves nothing (a misnamed file or folder) is in the index with why, and logged
+once when it appears; at start, a repository in which nothing serves is one error listing why.
 
 The request path reads two dicts and changes nothing; every change runs under one asyncio lock.
 """
@@ -39,8 +41,8 @@ from edgecnn.serve.repository import (
     Signature,
     find_models,
     model_folders,
-    model_names,
     name_problem,
+    nothing_to_serve,
     scan_model,
     version_key,
 )
@@ -91,6 +93,7 @@ class ModelStore:
         self._index: dict[tuple[str, str], tuple[str, str]] = {}  # (name, version) -> (state, reason)
         self._seen: dict[tuple[str, str], Signature | None] = {}  # poll: signatures of the last scan
         self._failed: dict[tuple[str, str], Signature | None] = {}  # files that failed to load
+        self._problems: dict[str, dict[str, str]] = {}  # name -> version -> why its folder serves nothing
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self._deferred: list[tuple[Model, ServeSettings]] | None = []  # instance sessions to open after start
@@ -162,15 +165,16 @@ class ModelStore:
             if missing:
                 raise ValueError(f"--load-model {missing[0]}: the repository {self.repository} has no such model folder")
         else:
-            names = model_names(self.repository)
-            if not names:
-                find_models(self.repository)  # raises the "holds no NAME/VERSION/model.onnx" error
+            names = await asyncio.to_thread(model_folders, self.repository)
         for name in names:
             async with self._lock:
-                await self._sync(name, strict=True)
+                scan = await self._scan(name)
+                # A folder with no version to load is logged and indexed, never fatal on its own.
+                await self._sync(name, scan, strict=bool(scan.versions))
             if s.model_control_mode == "explicit" and not self._served.get(name):
-                raise ValueError(f"--load-model {name}: no version of it to serve (NAME/VERSION/model.onnx, "
-                                 "and the version policy of its config.json)")
+                raise ValueError(f"--load-model {name}: {self._nothing_to_serve(name)}")
+        if s.model_control_mode != "explicit" and not self._served:
+            raise RepositoryError(await asyncio.to_thread(nothing_to_serve, self.repository, self._problems))
 
     def open_deferred_instance_sessions(self) -> None:
         """The instance sessions of the models loaded at start (opening them meanwhile would skew their timing)."""
@@ -190,13 +194,10 @@ class ModelStore:
     async def poll_once(self) -> None:
         # The folders are read on a worker thread (a slow disk must not stall requests); each is read
         # once, under the lock, just before its changes are decided.
-        names = set(await asyncio.to_thread(model_folders, self.repository)) | set(self._served)
+        names = set(await asyncio.to_thread(model_folders, self.repository)) | set(self._served) | set(self._problems)
         for name in sorted(names):
             async with self._lock:
-                scan = await self._scan(name)
-                if not scan.versions and name not in self._served:
-                    continue  # a folder without a VERSION/model.onnx is no model (model_names' rule)
-                await self._sync(name, scan, wait_until_stable=True)
+                await self._sync(name, await self._scan(name), wait_until_stable=True)
 
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name`` from the repository, as its version policy says."""
@@ -206,8 +207,8 @@ class ModelStore:
         async with self._lock:
             failed = await self._sync(name, reload_all=True)
         if failed or not self._served.get(name):
-            why = "; ".join(f"version {v}: {reason}" if v else reason for v, reason in failed) or "no version to serve"
-            raise ControlError(f"model {shown(name)} could not be loaded: {why}")
+            why = "; ".join(f"version {v}: {reason}" if v else reason for v, reason in failed)
+            raise ControlError(f"model {shown(name)} could not be loaded: {why or self._nothing_to_serve(name)}")
 
     async def unload(self, name: str) -> None:
         """RepositoryModelUnload: stop serving every version of ``name`` (nothing to do if none is served,
@@ -220,6 +221,13 @@ class ModelStore:
             for version in list(self._served.get(name, {})):
                 self._retire(name, version, reason="unloaded", keep_in_index=True)
         await self.wait_retired()
+
+    def _nothing_to_serve(self, name: str) -> str:
+        """Why model ``name`` has no version to serve: the mistakes in its folder, or its version policy."""
+        problems = self._problems.get(name)
+        if problems:
+            return "no version of it to serve: " + "; ".join(reason for _, reason in sorted(problems.items()))
+        return "no version of it to serve (NAME/VERSION/model.onnx, and the version policy of its config.json)"
 
     def _check_control(self, name: str) -> None:
         if self.settings.model_control_mode != "explicit":
@@ -267,6 +275,7 @@ class ModelStore:
             reason = str(scan.error)
             self._index_model(name, UNAVAILABLE, reason, scan.versions)
             log.error("model config not usable; serving versions unchanged", extra={"model": name, "error": reason})
+            self._note_problems(name, scan.problems)
             return [("", reason)]
         config, sources = scan.config, scan.versions
         wanted = {v: sources[v] for v in config.version_policy.select(list(sources))}
@@ -294,7 +303,21 @@ class ModelStore:
                 self._retire(name, version, reason="superseded: not in the version policy any more")
         for key in [k for k in self._index if k[0] == name and k[1] not in wanted and k[1] not in serving]:
             del self._index[key]
+        self._note_problems(name, scan.problems)
         return failed
+
+    def _note_problems(self, name: str, problems: dict[str, str]) -> None:
+        """Index each entry of ``name``'s folder that serves nothing, with why; log each once, when it appears."""
+        logged = self._problems.get(name, {})
+        for version, reason in problems.items():
+            if version not in self._served.get(name, {}):
+                self._index[name, version] = (UNAVAILABLE, reason)
+            if logged.get(version) != reason:
+                log.error("repository entry not served", extra={"model": name, "version": version, "error": reason})
+        if problems:
+            self._problems[name] = dict(problems)
+        else:
+            self._problems.pop(name, None)
 
     async def _load_versions(self, name: str | None, sources: dict[str, tuple[ModelSource, Signature | None]],
                              config: ModelConfig, *, strict: bool) -> list[tuple[str, str]]:

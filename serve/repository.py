@@ -1,8 +1,11 @@
 """What a model repository holds on disk: NAME/VERSION/model.onnx (+ optional NAME/config.json).
 
 Pure functions of the files, no loading: the folder name is the model name (Triton's rule), the
-version folders are its versions, and ``config.json`` chooses which versions to serve and per-model
-settings. ``serve/lifecycle.py`` loads and swaps what these describe.
+version folders are its versions (positive integers, as Triton's), and ``config.json`` chooses which
+versions to serve and per-model settings. An entry that serves nothing (a version folder without
+model.onnx or not named as a version, a model file outside a version folder, a model folder without a
+version) is reported with why, in one sentence naming it. ``serve/lifecycle.py`` loads and swaps what
+these describe, and logs and indexes those reports.
 
 Publishing a version safely: write it elsewhere on the same filesystem (or in a folder whose name
 starts with a dot, which is never read) and rename it into place; a version folder whose file is
@@ -301,27 +304,30 @@ def name_problem(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class ModelScan:
-    """One look at a model folder: each VERSION/model.onnx with its signature, and its config.json
-    (``error`` instead when that cannot be used)."""
+    """One look at a model folder: each VERSION/model.onnx with its signature, its config.json
+    (``error`` instead when that cannot be used), and why each other entry serves nothing
+    (``problems``: version -> reason, "" for the folder itself)."""
 
     versions: dict[str, tuple[ModelSource, Signature]]
     config: ModelConfig = field(default_factory=ModelConfig)
     error: RepositoryError | None = None
+    problems: dict[str, str] = field(default_factory=dict)
 
 
 def scan_model(root: Path, name: str, limits: ConfigLimits = ConfigLimits()) -> ModelScan:
-    """Model ``name``'s versions and config.json (its values within ``limits``), reading its folder once
-    and stat-ing each file once (blocking: the server runs it on a worker thread)."""
+    """Model ``name``'s versions, config.json (its values within ``limits``) and layout mistakes, reading
+    its folder once and stat-ing each file once (blocking: the server runs it on a worker thread)."""
     folder = Path(root) / name
     try:
-        versions = {file.parent.name: (ModelSource(file, name=name, version=file.parent.name), _signature_of(st))
-                    for file, st in _version_files(folder)}
+        files, problems = read_model_folder(folder)
     except OSError as exc:  # unreadable (permissions), or a path too long for the filesystem
         return ModelScan({}, error=RepositoryError(f"{folder}: cannot be read ({exc.strerror or exc})"))
+    versions = {version: (ModelSource(file, name=name, version=version), _signature_of(st))
+                for version, file, st in files}
     try:
-        return ModelScan(versions, ModelConfig.read(folder, limits))
+        return ModelScan(versions, ModelConfig.read(folder, limits), problems=problems)
     except RepositoryError as exc:
-        return ModelScan(versions, error=exc)
+        return ModelScan(versions, error=exc, problems=problems)
 
 
 def model_folders(root: Path) -> list[str]:
@@ -332,27 +338,78 @@ def model_folders(root: Path) -> list[str]:
 
 def model_names(root: Path) -> list[str]:
     """Folders of ``root`` that hold at least one VERSION/model.onnx (hidden folders never count)."""
-    return [name for name in model_folders(root) if any(_version_files(Path(root) / name))]
+    return [name for name in model_folders(root) if read_model_folder(Path(root) / name)[0]]
 
 
 def version_sources(root: Path, name: str) -> dict[str, ModelSource]:
     """Every VERSION/model.onnx of model ``name`` (hidden version folders are being written: skipped)."""
-    return {file.parent.name: ModelSource(file, name=name, version=file.parent.name)
-            for file, _ in _version_files(Path(root) / name)}
+    files, _ = read_model_folder(Path(root) / name)
+    return {version: ModelSource(file, name=name, version=version) for version, file, _ in files}
 
 
-def _version_files(folder: Path):
-    """(VERSION/model.onnx, its stat) for each version folder of ``folder``, by name; one stat per file."""
+def is_version(name: str) -> bool:
+    """Whether a folder name is a version, as Triton's: a positive int64, in digits without a leading 0."""
+    return _is_number(name) and name[0] != "0" and len(name) <= len(str(MAX_VERSION)) and int(name) <= MAX_VERSION
+
+
+def read_model_folder(folder: Path) -> tuple[list[tuple[str, Path, os.stat_result]], dict[str, str]]:
+    """(version, VERSION/model.onnx, its stat) of each version folder of ``folder`` that serves, by name,
+    and why each other entry serves nothing (version -> one sentence; "" for the folder itself). Hidden
+    entries are being written: never read, never a mistake. A folder that is not there holds nothing."""
     try:
-        with os.scandir(folder) as entries:
-            versions = sorted(entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
+        with os.scandir(folder) as scanned:
+            entries = sorted((entry.name, entry.is_dir()) for entry in scanned)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    for version in versions:
-        file = folder / version / MODEL_FILE
+        return [], {}
+    visible = [(name, is_dir) for name, is_dir in entries if not name.startswith(".")]
+    versions = [name for name, is_dir in visible if is_dir and is_version(name)]
+    files, problems = [], {}
+    for name in (name for name, is_dir in visible if is_dir and name != CONFIG_FILE):  # config.json: its own error
+        if not is_version(name):
+            problems[name] = (f"{folder / name}: {shown(name)} is not a version, version folders are positive "
+                              f"integers as in Triton (rename it to {folder / _free_version(versions, name)})")
+            continue
+        file = folder / name / MODEL_FILE
         st = _stat_if_present(file)
         if st is not None and stat.S_ISREG(st.st_mode):
-            yield file, st
+            files.append((name, file, st))
+        else:
+            problems[name] = _no_model_file(folder / name, st)
+    loose = [name for name, is_dir in visible if not is_dir and name.endswith(".onnx")]
+    if loose:
+        problems[""] = (f"{folder}: {_listed(loose)} not in a version folder "
+                        f"(move {_it(loose)} to {folder / _free_version(versions) / MODEL_FILE})")
+    elif not files and not problems and len(visible) == len(entries):  # a hidden entry: a publish under way
+        problems[""] = f"{folder}: holds no version folder (put the model at {folder / '1' / MODEL_FILE})"
+    return files, problems
+
+
+def _no_model_file(version_folder: Path, st: os.stat_result | None) -> str:
+    """Why ``version_folder`` serves nothing: its model.onnx is no file, is named otherwise, or is missing."""
+    if st is not None:
+        return f"{version_folder / MODEL_FILE}: is not a regular file"
+    with os.scandir(version_folder) as entries:
+        others = sorted(e.name for e in entries if e.name.endswith(".onnx") and not e.name.startswith("."))
+    if not others:
+        return f"{version_folder}: holds no {MODEL_FILE}"
+    return f"{version_folder}: holds {', '.join(others)} but no {MODEL_FILE} (rename {_it(others)} to {MODEL_FILE})"
+
+
+def _listed(files: list[str]) -> str:
+    return f"{files[0]} is" if len(files) == 1 else f"{', '.join(files)} are"
+
+
+def _it(files: list[str]) -> str:
+    return "it" if len(files) == 1 else "the one to serve"
+
+
+def _free_version(versions: list[str], name: str = "") -> str:
+    """The version a misnamed folder (or loose file) should take: the number in ``name`` when it is free,
+    else the one after the highest of ``versions``."""
+    digits = "".join(c for c in name if _is_number(c)).lstrip("0")
+    if is_version(digits) and digits not in versions:
+        return digits
+    return str(max((int(v) for v in versions), default=0) + 1)
 
 
 def _stat_if_present(path: Path) -> os.stat_result | None:
@@ -371,6 +428,38 @@ def _signature_of(st: os.stat_result) -> Signature:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+# The most mistakes one start-up error lists (the index and the log have every one).
+MAX_LISTED_PROBLEMS = 5
+
+
+def nothing_to_serve(root: Path, problems: dict[str, dict[str, str]]) -> str:
+    """Why the repository folder ``root`` serves nothing, in one sentence: it is an export folder (or
+    one model's folder), or the mistakes of its model folders (``problems``: name -> version -> reason)."""
+    root = Path(root)
+    onnx = sorted((p.name for p in root.iterdir() if p.name.endswith(".onnx") and p.is_file()), key=_serve_first)
+    if onnx:
+        what = "an export folder" if any((root / f).is_file() for f in ("report.json", "report.md")) else \
+            "a folder of model files"
+        others = f" (or {', '.join(onnx[1:])})" if onnx[1:] else ""
+        return (f"{root} is {what}, not a repository: serve {root / onnx[0]}{others}, or make it a repository "
+                f"entry: NAME/1/{MODEL_FILE}")
+    if any(is_version(name) and (root / name / MODEL_FILE).is_file() for name in model_folders(root)):
+        return (f"{root} is one model's folder (VERSION/{MODEL_FILE}), not a repository: serve the folder above "
+                f"it, {root.resolve().parent}")
+    reasons = [reason for name in sorted(problems) for _, reason in sorted(problems[name].items())]
+    if not reasons:
+        return f"{root} is a directory but holds no NAME/VERSION/{MODEL_FILE}"
+    more = len(reasons) - MAX_LISTED_PROBLEMS
+    listed = "; ".join(reasons[:MAX_LISTED_PROBLEMS]) + (f"; and {more} more (see the log)" if more > 0 else "")
+    return f"{root} holds no model to serve (NAME/VERSION/{MODEL_FILE}): {listed}"
+
+
+def _serve_first(file_name: str) -> tuple[int, str]:
+    """An export folder's files in the order to suggest them: int8, fp32, the rest."""
+    order = ("model.int8.onnx", MODEL_FILE)
+    return (order.index(file_name) if file_name in order else len(order), file_name)
+
+
 def find_models(path: Path) -> list[ModelSource]:
     """The model files under ``path``: the file itself, or every NAME/VERSION/model.onnx of a repository."""
     path = Path(path)
@@ -380,5 +469,6 @@ def find_models(path: Path) -> list[ModelSource]:
         raise FileNotFoundError(f"no model file or repository at {path}")
     sources = [source for name in model_names(path) for source in version_sources(path, name).values()]
     if not sources:
-        raise FileNotFoundError(f"{path} is a directory but holds no NAME/VERSION/{MODEL_FILE}")
+        problems = {name: read_model_folder(path / name)[1] for name in model_folders(path)}
+        raise FileNotFoundError(nothing_to_serve(path, problems))
     return sources
