@@ -15,7 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecnn.serve.images import FORMATS_TEXT
+from edgecnn.train import folder
 from edgecnn.train.data import DATASETS, DatasetError, DatasetSpec
+from edgecnn.train.files import folder_to_read_problem
 from edgecnn.train.settings import DEVICES, LR_SCHEDULES, OPTIMIZERS, SettingsError, TrainSettings
 from edgecnn.train.commandline import needs_extra, parse_image_size
 
@@ -64,6 +67,36 @@ def catching_user_errors():
         raise
 
 
+def _dataset_for(dataset: str, data_dir: Optional[str], given: set[str]) -> str:
+    """``--dataset`` as given; left at its default, ``folder`` when ``--data-dir`` is laid out as an image
+    folder (class sub-folders of images), said in one line, so nothing is downloaded into the user's images."""
+    if "dataset" in given or data_dir is None or not folder.is_image_folder(Path(data_dir)):
+        return dataset
+    stderr.print(f"--data-dir {data_dir} holds one sub-folder of images per class: training on it as "
+                 "--dataset folder", highlight=False)
+    return "folder"
+
+
+def _check_data_dir(dataset: str, data_dir: Optional[str]) -> None:
+    """``--data-dir`` must be a folder to read; for a public dataset it may also not exist yet (it is downloaded there)."""
+    if data_dir is None or (dataset != "folder" and not Path(data_dir).exists()):
+        return
+    problem = folder_to_read_problem(data_dir)
+    if problem:
+        raise _fail(f"--data-dir {data_dir}: {problem}")
+
+
+def _check_run_dir(flag: str, run_dir: str | Path) -> None:
+    """The run directory ``flag`` names must be a folder holding run.json (what is inside is checked when read)."""
+    from edgecnn.train.checkpoint import RUN_JSON
+
+    problem = folder_to_read_problem(run_dir)
+    if problem is None and not (Path(run_dir) / RUN_JSON).is_file():
+        problem = f"not a run directory (no {RUN_JSON} in it)"
+    if problem:
+        raise _fail(f"{flag} {run_dir}: {problem}")
+
+
 def _image_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     if text is None:
         return None
@@ -98,8 +131,10 @@ def train_command(
     ctx: typer.Context,
     dataset: DatasetName = typer.Option(DEFAULTS.dataset, help=f"Dataset: {', '.join(DATASETS)}."),
     data_dir: Optional[str] = typer.Option(
-        DEFAULTS.data_dir, help="Folder with the dataset files (downloaded there when missing). Without it, "
-        "mnist uses the embedded MNIST set and the others a cache folder under ~/.cache/edgecnn."),
+        DEFAULTS.data_dir, help="Folder with the dataset files (a public set is downloaded there when missing). "
+        f"--dataset folder: one sub-folder of {FORMATS_TEXT} images per class, or train/ and test/ holding such; "
+        "a folder laid out so trains as --dataset folder when --dataset is not given. Without it, mnist uses "
+        "the embedded MNIST set and the others a cache folder under ~/.cache/edgecnn."),
     image_size: Optional[str] = typer.Option(
         None, help="folder dataset: resize images to HEIGHTxWIDTH (default: the size of the first image)."),
     channels: Optional[int] = typer.Option(
@@ -151,6 +186,9 @@ def train_command(
 ) -> None:
     """Train an image classifier; writes a run directory with weights, run.json and plots."""
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    if not resume:
+        dataset = _dataset_for(dataset, data_dir, given)
+        _check_data_dir(dataset, data_dir)
     settings = TrainSettings(
         dataset=dataset, data_dir=data_dir, image_size=_image_size(image_size), channels=channels,
         download=download, mirror=mirror, val_split=val_split, model=model,
@@ -167,6 +205,7 @@ def train_command(
             if fixed:
                 option = "--" + fixed[0].replace("_", "-")
                 raise SettingsError(f"--resume continues a run with its own settings; drop {option}")
+            _check_run_dir("--resume", resume)
             trainer.resume(resume, epochs=epochs if "epochs" in given else None,
                            device=device if "device" in given else None, threads=threads,
                            progress=progress, console=stderr, nproc=nproc)
@@ -187,9 +226,11 @@ def evaluate_command(
         from edgecnn.train.checkpoint import read_run_info
         from edgecnn.train.evaluate import evaluate_run
 
+        _check_run_dir("RUN_DIR", run_dir)
         spec = None
         if dataset or data_dir:
             own = read_run_info(run_dir).get("dataset", {})
+            _check_data_dir(dataset or own.get("name", "mnist"), data_dir)
             spec = DatasetSpec.from_json({**own, "name": dataset or own.get("name", "mnist"), "data_dir": data_dir,
                                           "download": download})
         result = evaluate_run(run_dir, spec, device=device)

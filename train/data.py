@@ -10,6 +10,7 @@ same agreed split applies to any folder that holds only the t10k files.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from edgecnn.train import cifar, folder
 from edgecnn.train.download import DownloadFailed, RemoteFile, fetch_missing
+from edgecnn.train.files import folder_to_read_problem
 from edgecnn.train.idx import read_idx_pair
 from edgecnn.train.imageset import DatasetError, ImageSet, check_labels
 
@@ -94,7 +96,7 @@ def load_splits(spec: DatasetSpec, log: Log = lambda message: None) -> tuple[Ima
     if spec.name not in DATASETS:
         raise DatasetError(f"unknown dataset {spec.name!r}; choose one of: {', '.join(DATASETS)}")
     if spec.name == "folder":
-        return _load_folder(spec)
+        return _load_folder(spec, log)
     if spec.name == "cifar10":
         return _load_cifar(spec, log)
     return _load_idx(spec, log)
@@ -230,6 +232,7 @@ def _load_cifar(spec: DatasetSpec, log: Log) -> tuple[ImageSet, ImageSet]:
 
 def _fetch(spec: DatasetSpec, public: PublicDataset, directory: Path, log: Log) -> None:
     """Download the public files into ``directory``, or fail with one sentence saying where to put them."""
+    _check_download_folder(spec, directory)
     names = ", ".join(remote.name for remote in public.files)
     how = f"put {names} in {directory}"
     if spec.name == "mnist":
@@ -237,6 +240,10 @@ def _fetch(spec: DatasetSpec, public: PublicDataset, directory: Path, log: Log) 
     if not spec.download:
         raise DatasetError(f"{spec.name} is not in {directory} and downloads are off: {how}")
     created = not directory.exists()
+    already = len(list(directory.iterdir())) if directory.is_dir() else 0
+    beside = f", beside the {already:,} entr{'ies' if already > 1 else 'y'} already there" if already else ""
+    count = len(public.files)
+    log(f"{spec.name} is not in {directory}: downloading its {count} file{'s' * (count > 1)} into it{beside}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fetch_missing(public.files, spec.mirror or public.base_url, directory, log)
@@ -246,15 +253,25 @@ def _fetch(spec: DatasetSpec, public: PublicDataset, directory: Path, log: Log) 
         raise DatasetError(f"{spec.name} is not in {directory} and could not be downloaded ({exc}): {how}") from None
 
 
+def _check_download_folder(spec: DatasetSpec, directory: Path) -> None:
+    """Refuse a download folder that is a file, or the user's own image folder (nothing is written into it)."""
+    if directory.exists() and not directory.is_dir():
+        raise DatasetError(f"{directory}: a file, not a folder to hold the {spec.name} files")
+    if folder.is_image_folder(directory):
+        raise DatasetError(f"{directory} holds one sub-folder of images per class, not the {spec.name} files: "
+                           "use --dataset folder (nothing was downloaded into it)")
+
+
 # --- image folders ------------------------------------------------------------------
 
 
-def _load_folder(spec: DatasetSpec) -> tuple[ImageSet, ImageSet]:
+def _load_folder(spec: DatasetSpec, log: Log) -> tuple[ImageSet, ImageSet]:
     if spec.data_dir is None:
         raise DatasetError("the folder dataset needs --data-dir: a folder with one sub-folder of images per class")
     directory = Path(spec.data_dir)
-    if not directory.is_dir():
-        raise DatasetError(f"{directory} is not a folder")
+    problem = folder_to_read_problem(directory)
+    if problem:
+        raise DatasetError(f"image folder {directory}: {problem}")
     if (directory / "train").is_dir() and (directory / "test").is_dir():
         train_dir, test_dir = directory / "train", directory / "test"
     else:
@@ -264,11 +281,15 @@ def _load_folder(spec: DatasetSpec) -> tuple[ImageSet, ImageSet]:
     height, width, channels = folder.image_format(first_image, spec.image_size, spec.channels)
     if channels not in (1, 3):
         raise DatasetError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-    images, labels = folder.read_folder(train_dir, class_names, height, width, channels)
+    log(_folder_format(directory, class_names, (height, width), channels, spec, first_image))
+    images, labels, sizes = folder.read_folder(train_dir, class_names, height, width, channels)
     whole = ImageSet(images, labels, class_names, "folder", f"images in {train_dir}")
     if test_dir is not None:
-        test_images, test_labels = folder.read_folder(test_dir, class_names, height, width, channels)
+        test_images, test_labels, test_sizes = folder.read_folder(test_dir, class_names, height, width, channels)
+        _log_resizing(sizes + test_sizes, (height, width), log)
+        log(f"test split: the {len(test_labels):,} images in {test_dir} (train/ and test/ sub-folders)")
         return whole, ImageSet(test_images, test_labels, class_names, "folder", f"images in {test_dir}")
+    _log_resizing(sizes, (height, width), log)
     kept, held_out = carve(labels, spec.test_split, FOLDER_TEST_SEED)
     if len(held_out) == 0:
         raise DatasetError(
@@ -276,7 +297,39 @@ def _load_folder(spec: DatasetSpec) -> tuple[ImageSet, ImageSet]:
             "give it train/ and test/ sub-folders"
         )
     percent = f"{spec.test_split:.0%}"
+    log(f"test split: {len(held_out):,} of the {len(labels):,} images ({percent} of each class, fixed seed "
+        f"{FOLDER_TEST_SEED}) are held out to test; train/ and test/ sub-folders would choose them instead")
     return (
         whole.subset(kept, f"images in {directory}, less a {percent} test split"),
         whole.subset(held_out, f"{percent} of the images in {directory} (fixed seed {FOLDER_TEST_SEED})"),
     )
+
+
+def _shortened(names: list[str], limit: int = 8) -> str:
+    """``a, b, c`` or, past ``limit`` names, ``a, b, ..., h and 12 more``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit:,} more"
+
+
+def _folder_format(
+    directory: Path, class_names: list[str], size: tuple[int, int], channels: int, spec: DatasetSpec, first: Path
+) -> str:
+    """One line: the classes, and the image size and channels the model will take, with where each came from."""
+    size_from = "--image-size" if spec.image_size else f"the size of the first image, {first}"
+    channels_from = "--channels" if spec.channels else "as the first image"
+    mode = "RGB" if channels == 3 else "grayscale"
+    return (f"image folder {directory}: {len(class_names):,} classes ({_shortened(class_names)}); images "
+            f"{size[0]}x{size[1]} ({size_from}), {channels} channel{'s' * (channels > 1)} ({mode}, {channels_from})")
+
+
+def _log_resizing(sizes: Counter, size: tuple[int, int], log: Log) -> None:
+    """Say when images are resized: a warning when they come in several sizes (they are stretched to one)."""
+    target = f"{size[0]}x{size[1]}"
+    if len(sizes) > 1:
+        found = ", ".join(f"{count:,} of {h}x{w}" for (h, w), count in sizes.most_common())
+        log(f"warning: the images come in {len(sizes)} sizes ({found}): every one is resized to {target}, "
+            "stretched where its aspect ratio differs (--image-size HxW sets the size)")
+    elif sizes and size not in sizes:
+        (h, w), count = next(iter(sizes.items()))
+        log(f"the {count:,} images, all {h}x{w}, are resized to {target} (--image-size)")

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
 
 Generic on purpose: the trainer writes run directories with it and export/ writes .onnx files.
-``folder_problem`` checks an output folder a user names before any work (every part's commands use it).
+``folder_problem`` checks an output folder a user names before any work (every part's commands use it), and
+``folder_to_read_problem`` a folder to read.
 """
 
 from __future__ import annotations
@@ -66,4 +67,16 @@ def folder_problem(path: str | Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    return None
+
+
+def folder_to_read_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a folder to read, in a few words ("no such folder", "a file, not a folder"), or None."""
+    path = Path(path)
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "a file, not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "cannot read it (permission denied)"
     return None

@@ -234,6 +234,7 @@ def _run_in_group(
     with group.rank_zero_first():  # rank 0 downloads missing files; the others then read them
         train_set, test_set = load_splits(settings.dataset_spec(), log=console.print)
     train_set, val_set = split_validation(train_set, settings.val_split, settings.seed)
+    console.print(_split_line(train_set, val_set, test_set, settings.val_split))
     normalise = Normalisation.of_images(train_set.images)
     loop = build_loop(settings, train_set, normalise, device, group)
     settings = loop.settings  # with the learning rate filled in
@@ -266,6 +267,14 @@ def _run_in_group(
                       f"(best epoch {info['best_epoch']}), {loop.counters.wall_time_s:.1f} s; run directory {run_dir}")
     group.barrier()  # every process ends with the run directory complete
     return run_dir
+
+
+def _split_line(train_set: ImageSet, val_set: ImageSet | None, test_set: ImageSet, val_split: float) -> str:
+    """The three splits' image counts in one line."""
+    validation = f"{len(val_set):,} to validate ({val_split:.0%} of each class, --val-split)" if val_set else (
+        "none to validate (--val-split 0: the last epoch is kept)")
+    return (f"split: {len(train_set) + len(val_set or []) + len(test_set):,} images, {len(train_set):,} to train, "
+            f"{validation}, {len(test_set):,} to test")
 
 
 def _batch_norm_note(model: nn.Module, group: Group, settings: TrainSettings) -> str | None:

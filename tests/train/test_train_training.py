@@ -161,7 +161,7 @@ def test_train_and_evaluate_commands(cli: typer.Typer, small_mnist_dir: Path, tm
         (["train", "--data-dir", "{empty}", "--mirror", "http://127.0.0.1:1"], "could not be downloaded"),
         (["train", "--model", "nope"], "unknown model 'nope'"),
         (["train", "--val-split", "1.5"], "--val-split must be in"),
-        (["evaluate", "{empty}"], "is not a run directory"),
+        (["evaluate", "{empty}"], "not a run directory (no run.json in it)"),
     ],
     ids=["no-files", "offline", "unknown-model", "bad-val-split", "not-a-run"],
 )
