@@ -57,6 +57,38 @@ def is_onnx_file(source: Path) -> bool:
     return source.is_file() or (source.suffix.lower() == ".onnx" and not source.is_dir())
 
 
+def check_paths(source: Path, output: Path, labels: Path | None, calibration_data: Path | None) -> None:
+    """Refuse, before any work, a SOURCE, --labels, --calibration-data or -o/--output that is missing or of the
+    wrong kind, in one sentence naming the flag and the path."""
+    from edgecnn.serve.userfiles import UserFileError, check_readable, folder_problem
+
+    if not source.exists():
+        kind = "file" if source.suffix.lower() == ".onnx" else "run directory or ONNX file"
+        raise ExportError(f"SOURCE {source}: no such {kind}")
+    if labels is not None:
+        try:
+            check_readable(labels, "--labels")
+        except UserFileError as exc:
+            raise ExportError(str(exc)) from None
+    if calibration_data is not None and not calibration_data.is_dir():
+        kind = "a file, not a folder" if calibration_data.exists() else "no such folder"
+        raise ExportError(f"--calibration-data {calibration_data}: {kind}")
+    problem = folder_problem(output)
+    if problem:
+        raise ExportError(f"-o/--output {output}: {problem}")
+
+
+def check_run_directory(source: Path, import_flags: list[str]) -> None:
+    """Refuse a folder SOURCE given options that only an import takes, or one that holds no run.json."""
+    if import_flags:
+        verb = "is an option" if len(import_flags) == 1 else "are options"
+        raise ExportError(f"{', '.join(import_flags)} {verb} for importing an ONNX file, and {source} is not a file")
+    from edgecnn.train.checkpoint import RUN_JSON
+
+    if not (source / RUN_JSON).exists():
+        raise ExportError(f"SOURCE {source}: a folder without {RUN_JSON}, so not a run directory of `edgecnn train`")
+
+
 def export_command(
     source: Path = typer.Argument(
         ...,
@@ -193,6 +225,7 @@ def export_command(
     }
     with needs_extra("train", "export"):  # an edge install has no torch or onnx
         try:
+            check_paths(source, output, labels, calibration_data)
             if is_onnx_file(source):
                 settings = ImportSettings(
                     **common,
@@ -214,10 +247,7 @@ def export_command(
 
                 report = import_onnx(source, output, settings, log=log)
             else:
-                given = [flag for flag, value in import_flags.items() if value is not None]
-                if given:
-                    verb = "is an option" if len(given) == 1 else "are options"
-                    raise ExportError(f"{', '.join(given)} {verb} for importing an ONNX file, and {source} is not a file")
+                check_run_directory(source, [flag for flag, value in import_flags.items() if value is not None])
                 settings = ExportSettings(**common, quantize=_names(quantize) if quantize is not None else DEFAULTS.quantize)
                 from edgecnn.export.exporter import export_run
 
@@ -225,7 +255,7 @@ def export_command(
         except ExportError as exc:
             stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-    from edgecnn.export.report import print_report
+    from edgecnn.export.report import next_steps, print_report
 
     print_report(report, stdout)
     failed = [v for v in report.variants if not v.ok]
@@ -233,4 +263,6 @@ def export_command(
         for v in failed:
             stderr.print(f"[bold red]error:[/] {v.variant} failed: {escape(v.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    stdout.print(f"wrote {', '.join(v.file for v in report.variants)} and the report to {output}", highlight=False, markup=False)
+    wrote = f"wrote {', '.join(v.file for v in report.variants)} and the report to {output}"
+    for line in [wrote, *next_steps(report, output)]:  # unwrapped: paths and commands to copy
+        stdout.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,21 +250,56 @@ def default_name(path: Path) -> str:
 
 
 def load_model(path: Path) -> onnx.ModelProto:
+    """The ONNX file at ``path`` with its external weights, or an ExportError naming what is wrong with it."""
     if not path.exists():
-        raise ExportError(f"{path} does not exist")
+        raise ExportError(f"SOURCE {path}: no such file")
     if not path.is_file():
-        raise ExportError(f"{path} is not a file")
+        raise ExportError(f"SOURCE {path}: a folder, not an ONNX file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-        raise ExportError(f"{path} is not an ONNX model ({_first_line(exc)})") from None
+        raise ExportError(f"SOURCE {path} is not an ONNX model ({_first_line(exc)})") from None
+    missing = missing_external_data(model, path.parent)
+    if missing:
+        raise ExportError(
+            f"{path} refers to external weights in {missing}, which is missing: copy it beside {path.name}"
+        )
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot read the external weights of {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - onnx's checks of a location (outside the folder, not a file)
+        raise ExportError(f"cannot read the external weights of {path}: {_first_line(exc)}") from None
     if not model.graph.node or not model.graph.output:
-        raise ExportError(f"{path} is not an ONNX model (no graph in it)")
+        raise ExportError(f"SOURCE {path} is not an ONNX model (no graph in it)")
     if any(p.key.startswith(METADATA_PREFIX) for p in model.metadata_props):
         raise ExportError(f"{path} is already an edgecnn export: serve it as it is")
     return model
+
+
+def missing_external_data(model: onnx.ModelProto, folder: Path) -> str:
+    """The first external data file (as the model names it, e.g. model.onnx.data) that ``model``'s tensors
+    refer to and ``folder`` lacks; "" when every one is there (or the weights are inside the file)."""
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+        if location and not (folder / location).is_file():
+            return location
+    return ""
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Every tensor of ``graph`` that can hold weights: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            yield from ([attribute.t] if attribute.HasField("t") else [])
+            yield from attribute.tensors
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(subgraph)
 
 
 def find_image_input(graph: onnx.GraphProto, settings: ImportSettings) -> ImageInput:

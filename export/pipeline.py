@@ -29,7 +29,14 @@ import onnx
 from edgecnn.export import evaluate, quantize
 from edgecnn.export.cpu import cpu_model, cpu_path
 from edgecnn.export.metadata import ModelMetadata, write_metadata
-from edgecnn.export.report import ExportReport, Int8Speed, RecipeResult, VariantResult, int8_speed_summary
+from edgecnn.export.report import (
+    ExportReport,
+    Int8Speed,
+    RecipeResult,
+    VariantResult,
+    batch_comparisons,
+    int8_speed_summary,
+)
 from edgecnn.export.settings import ExportError, ExportSettings
 
 Log = Callable[[str], None]
@@ -118,6 +125,7 @@ def export_model(
 
     files = {**candidates, "int8": candidates.get(_recipe_key(chosen.name)) if chosen else None}
     _publish(variants, files, out_dir)
+    serve_variant, serve_reason = serving_choice(variants, int8_speed)
     report = ExportReport(
         run_dir=str(source.path.resolve()),
         out_dir=str(out_dir.resolve()),
@@ -139,6 +147,9 @@ def export_model(
         reference=source.reference,
         accuracy_basis=source.accuracy_basis,
         notes=list(source.notes),
+        serve_file=OUTPUT_FILES[serve_variant] if serve_variant else "",
+        served_as=model_name(name, serve_variant) if serve_variant else "",
+        serve_reason=serve_reason,
     )
     report.write(out_dir)
     return report
@@ -272,6 +283,23 @@ def _publish(variants: list[VariantResult], files: dict[str, Path | None], out_d
 
 
 # --- verdicts -----------------------------------------------------------------------------
+
+
+def serving_choice(variants: list[VariantResult], int8_speed: Int8Speed | None) -> tuple[str, str]:
+    """The variant to serve on this machine's CPU and why, in a few words: int8 when it passed and the fresh
+    A/B timing has it faster than fp32 by more than TIE_MARGIN at both batch sizes, else fp32 (fp16 is for
+    CUDA, dynamic only there to compare); ("", why) when fp32 itself failed."""
+    passed = {v.variant for v in variants if v.ok}
+    if "fp32" not in passed:
+        return "", "fp32 failed its checks: nothing to serve"
+    if "int8" not in passed or int8_speed is None:
+        asked = any(v.variant == "int8" for v in variants)
+        return "fp32", "int8 failed its checks" if asked else "no int8 variant was asked for"
+    comparisons = batch_comparisons(int8_speed)
+    figures = ", ".join(f"{s.median_speedup:.2f}x fp32 at batch {s.batch}" for s in comparisons)
+    if all(s.median_speedup > 1 + TIE_MARGIN for s in comparisons):
+        return "int8", f"int8 is faster here ({figures}, fresh A/B timing)"
+    return "fp32", f"int8 is not clearly faster here ({figures}, fresh A/B timing)"
 
 
 def model_name(name: str, variant: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,9 @@ class ExportReport:
     reference: str = "PyTorch"  # what every variant is compared with
     accuracy_basis: str = ""  # what "accuracy" means here, when it is not plain test accuracy
     notes: list[str] = field(default_factory=list)  # an import: how the graph was wrapped, label source, opset
+    serve_file: str = ""  # the file to serve on this machine (pipeline.serving_choice); "" when none passed
+    served_as: str = ""  # the model name a server gives that file (its metadata name)
+    serve_reason: str = ""  # why that file, in a few words
 
     @property
     def ok(self) -> bool:
@@ -198,6 +202,35 @@ def print_report(report: ExportReport, console: Console) -> None:
         console.print(f"int8 recipe search: {report.recipe_choice}", highlight=False, markup=False)
 
 
+def serve_commands(report: ExportReport, out_dir: str | Path) -> list[str]:
+    """`edgecnn serve` of the file to serve on this machine (in ``out_dir`` as the user wrote it) and the
+    `edgecnn predict` that reaches it by the name it is served under."""
+    path = shlex.quote(str(Path(out_dir) / report.serve_file))
+    return [
+        f"edgecnn serve {path} --port 8001",
+        f"edgecnn predict IMAGE --server localhost:8001 --model {report.served_as}",
+    ]
+
+
+def next_steps(report: ExportReport, out_dir: str | Path) -> list[str]:
+    """The lines that end `edgecnn export`: the file to serve on this machine and why, the name it is served
+    under and the commands that serve and reach it, and its place in a repository."""
+    if not report.serve_file:
+        return [f"nothing to serve: {report.serve_reason}"]
+    return [
+        f"serve {report.serve_file} on this machine: {report.serve_reason}",
+        f"it is served as model {report.served_as}:",
+        *[f"  {command}" for command in serve_commands(report, out_dir)],
+        _repository_entry(report),
+    ]
+
+
+def _repository_entry(report: ExportReport, start: str = "in") -> str:
+    """Where the file goes in a repository (NAME/VERSION/model.onnx), and the name it is served under there."""
+    entry = f"REPO/{report.model_name}/1/model.onnx"
+    return f"{start} a repository (edgecnn serve REPO), copy {report.serve_file} to {entry}: served as {report.model_name}"
+
+
 def to_markdown(report: ExportReport) -> str:
     s = report.settings
     source = "Source run" if report.source == "run" else "Imported from"
@@ -234,6 +267,8 @@ def to_markdown(report: ExportReport) -> str:
     notes = [f"- {v.variant}: {v.message}" for v in report.variants if v.ok and v.message]
     if notes:
         lines += ["", *notes]
+    if report.serve_file or report.serve_reason:
+        lines += ["", *_serving_markdown(report)]
     if report.int8_speed:
         lines += ["", *_int8_speed_markdown(report.int8_speed)]
     if report.recipes:
@@ -259,6 +294,22 @@ def to_markdown(report: ExportReport) -> str:
             )
         lines += ["", report.recipe_choice]
     return "\n".join(lines) + "\n"
+
+
+def _serving_markdown(report: ExportReport) -> list[str]:
+    lines = ["## Serving on this machine", ""]
+    if not report.serve_file:
+        return [*lines, f"Nothing to serve: {report.serve_reason}."]
+    return [
+        *lines,
+        f"Serve `{report.serve_file}`: {report.serve_reason}. It is served as model `{report.served_as}`:",
+        "",
+        "```bash",
+        *serve_commands(report, report.out_dir),
+        "```",
+        "",
+        _repository_entry(report, start="In") + ".",
+    ]
 
 
 def _int8_speed_markdown(speed: Int8Speed) -> list[str]:

@@ -62,13 +62,13 @@ def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path):
 
 
 def test_not_a_run_dir(tmp_path: Path):
-    assert_one_line_error(run_export(tmp_path / "missing", "-o", tmp_path / "out"), "not a run directory")
+    assert_one_line_error(run_export(tmp_path / "missing", "-o", tmp_path / "out"), "SOURCE", "no such run directory")
 
 
 def test_unwritable_output_dir(run_dir: Path, tmp_path: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_one_line_error(run_export(run_dir, "-o", blocker / "out"), "cannot write to the output folder")
+    assert_one_line_error(run_export(run_dir, "-o", blocker / "out"), "-o/--output", "a-file is a file, not a folder")
 
 
 @pytest.mark.parametrize(

@@ -422,7 +422,7 @@ def labels_file(tmp_path: Path, count: int) -> str:
 BAD_INPUTS = {
     # id: (model builder, extra CLI args (callable of tmp_path), fragments of the error sentence)
     "not-onnx": (not_onnx, lambda t: [], ["not an ONNX model"]),
-    "missing-file": (None, lambda t: [], ["does not exist"]),
+    "missing-file": (None, lambda t: [], ["SOURCE", "model.onnx: no such file"]),
     "input-rank-3": (rank3_input, lambda t: [], ["rank 3", "not 4"]),
     "output-rank-4": (rank4_output, lambda t: [], ["rank 4", "not 2"]),
     "several-inputs": (two_inputs, lambda t: [], ["2 inputs", "--input-name"]),
