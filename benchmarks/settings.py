@@ -36,7 +36,8 @@ class BenchSettings:
                         "comma-separated, or dns:///NAME:PORT, are balanced round robin.", SERVED)
     start_server: bool = _flag(False, "Start `edgecnn serve MODEL` for each model file and benchmark it.", SERVED)
     server_args: str = _flag("", 'More `edgecnn serve` flags with --start-server, e.g. "--max-batch-size 1".', SERVED)
-    model: str = _flag("", "Model name on the server (default: the model file's metadata name).", SERVED)
+    model: str = _flag("", "Model name on the server (default: the model file's metadata name, else the only "
+                       "model the server serves).", SERVED)
     model_version: str = _flag("", "Model version on the server (default: the server's choice).", SERVED)
     batch_size: int = _flag(1, "Images per request.", SERVED)
     concurrency: tuple[int, ...] = _flag((1, 2, 4, 8, 16, 32), "Closed-loop concurrency sweep ('' for none).", SERVED)
