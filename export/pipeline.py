@@ -272,11 +272,13 @@ def _time_chosen_afresh(
 
 
 def _publish(variants: list[VariantResult], files: dict[str, Path | None], out_dir: Path) -> None:
-    """Rename each passing variant into ``out_dir`` (atomic: same filesystem); remove stale failed ones."""
+    """Rename each passing variant into ``out_dir`` (atomic: same filesystem); remove stale failed ones.
+    Nothing is published when fp32 failed its parity check: every other variant is made from that graph."""
+    fp32_ok = any(v.variant == "fp32" and v.ok for v in variants)
     for v in variants:
         destination = out_dir / OUTPUT_FILES[v.variant]
         source = files[v.variant]
-        if v.ok and source is not None:
+        if fp32_ok and v.ok and source is not None:
             os.replace(source, destination)
         elif destination.exists():  # a file from an earlier export would contradict this report
             destination.unlink()
