@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from edgecnn.export.metadata import PROBABILITIES
 from edgecnn.serve import classify as classify_module
 from edgecnn.serve import classify_cli
-from edgecnn.serve.images import decode_image
 from tests.tiny_models import reference_outputs
 
 LABELS = ("zero", "one", "two")
@@ -43,7 +42,7 @@ def run_classify(*args: str):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """PNGs (grey, RGB of another size) at the top, JPEGs in a sub-folder, one corrupt PNG, one text file."""
+    """PNGs (grey, RGB of another size, RGBA) at the top, JPEGs in a sub-folder, one corrupt PNG, one text file."""
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(7)
     (root / "sub").mkdir()
@@ -52,19 +51,25 @@ def images(tmp_path_factory) -> Path:
         Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / f"rgb{i}.png")
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "sub" / f"photo{i}.jpg",
                                                                                 quality=90)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(root / "alpha.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     (root / "notes.txt").write_text("not an image, and not an image suffix: the folder scan skips it")
     return root
 
 
+def pillow_grey_8x8(path: Path) -> np.ndarray | None:
+    """The model's input worked out by Pillow alone, not by edgecnn's decoder: the decoded image converted
+    to grey (ITU-R 601-2 luma, alpha dropped), then resized bilinearly to 8x8; None where Pillow reads no image."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.uint8)[..., None]
+    except OSError:
+        return None
+
+
 def expected_rows(paths: list[Path], model: Path, k: int = 3) -> dict[str, dict]:
-    """What in-process onnxruntime says about the same decoded images (the broken file: no row values)."""
-    decoded = {}
-    for path in paths:
-        try:
-            decoded[str(path)] = decode_image(path.read_bytes(), 8, 8, 1)
-        except ValueError:
-            decoded[str(path)] = None
+    """What in-process onnxruntime says about the same images decoded by Pillow (the broken file: no row values)."""
+    decoded = {str(path): pillow_grey_8x8(path) for path in paths}
     good = [p for p, a in decoded.items() if a is not None]
     probabilities = reference_outputs(model, np.stack([decoded[p] for p in good]))[PROBABILITIES]
     rows = {p: {"label": None, "score": None, "top_k": None} for p in decoded}
@@ -110,11 +115,11 @@ def without_error(rows: dict[str, dict]) -> dict[str, dict]:
 
 def test_folder_to_csv_equals_in_process_onnxruntime(tiny_model, images, tmp_path):
     out = tmp_path / "labels.csv"
-    # Batches of 3 over 13 images: several batches in flight, the last one short.
+    # Batches of 3 over 14 images: several batches in flight, the last one short.
     result = run_classify(str(images), "--model", str(tiny_model), "-o", str(out), "--batch-size", "3",
                           "--decode-threads", "2")
     assert result.exit_code == 0, result.output
-    assert "13 images, 1 error," in result.output and "images/s" in result.output
+    assert "14 images, 1 error," in result.output and "images/s" in result.output
 
     rows = read_csv(out)
     paths = sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg"))
@@ -165,7 +170,7 @@ def test_ray_engine_equals_the_local_engine(tiny_model, images, tmp_path, monkey
     result = run_classify(".", "--model", str(tiny_model), "-o", str(tmp_path / "ray.csv"),
                           "--engine", "ray", "--ray-cpus", "2", "--batch-size", "4")
     assert result.exit_code == 0, result.output
-    assert "13 images, 1 error," in result.output
+    assert "14 images, 1 error," in result.output
     assert read_csv(tmp_path / "ray.csv") == read_csv(tmp_path / "local.csv")
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert "sub/photo0.jpg" in read_csv(tmp_path / "ray.csv")
@@ -236,7 +241,7 @@ def test_classify_is_torch_free(tiny_model, images, tmp_path):
     )
     subprocess.run([sys.executable, "-c", code, str(images), str(tiny_model), str(tmp_path / "out.csv")],
                    check=True, timeout=120)
-    assert len(read_csv(tmp_path / "out.csv")) == 13
+    assert len(read_csv(tmp_path / "out.csv")) == 14
 
 
 def test_a_model_without_edgecnn_metadata_is_one_line(tiny_model, images, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve import codec
 from edgecnn.serve.client import InferenceClient
-from edgecnn.serve.images import decode_image
 from edgecnn.serve.server import start_server
 from tests.serve.support import MAX_MESSAGE_BYTES, Gate, encode, settings_for, wait_until
 from tests.tiny_models import random_images, reference_outputs
@@ -68,14 +69,78 @@ def test_infer_typed_contents(stub, tiny_model):
     np.testing.assert_allclose(arrays["logits"], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
 
 
+def pillow_grey_8x8(data: bytes) -> np.ndarray:
+    """The model's input worked out by Pillow alone, not by edgecnn's decoder: the decoded image converted
+    to grey (ITU-R 601-2 luma, alpha dropped), then resized bilinearly to 8x8."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.uint8)[..., None]
+
+
+def png(array: np.ndarray, mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _quadrants() -> tuple[bytes, np.ndarray]:
+    """Red, green, blue and one mixed colour: grey is the ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B, rounded."""
+    colour, grey = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for (rows, cols), rgb, luma in [((slice(0, 4), slice(0, 4)), (255, 0, 0), 76),
+                                    ((slice(0, 4), slice(4, 8)), (0, 255, 0), 150),
+                                    ((slice(4, 8), slice(0, 4)), (0, 0, 255), 29),
+                                    ((slice(4, 8), slice(4, 8)), (10, 20, 30), 18)]:
+        colour[rows, cols], grey[rows, cols] = rgb, luma
+    return png(colour, "RGB"), grey
+
+
+def _with_alpha(mode: str) -> tuple[bytes, np.ndarray]:
+    """Grey pixels under a random alpha (RGBA or LA): the alpha is dropped, nothing is blended onto a background."""
+    rng = np.random.default_rng(11)
+    grey, alpha = rng.integers(0, 256, (8, 8), dtype=np.uint8), rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    alpha[0] = 0  # fully transparent pixels keep their grey too
+    channels = [grey] * (3 if mode == "RGBA" else 1)
+    return png(np.stack([*channels, alpha], axis=-1), mode), grey
+
+
+def _step(size: int, value: int, columns: list[int]) -> tuple[bytes, np.ndarray]:
+    """A size x size RGB image, black on the left half and (value, value, value) on the right.
+
+    At 8x8 each row is ``columns``."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:, size // 2:] = value
+    return png(image, "RGB"), np.tile(np.uint8(columns), (8, 1))
+
+
+# Images whose 8x8 grey input is worked out by hand. Bilinear is a triangle filter, stretched over the scale
+# when shrinking: 16 -> 8 weighs 4 source pixels 1:3:3:1, so the two columns at the edge are 255 * 1/8 = 32
+# and 255 - 32; 4 -> 8 puts output column 3 a quarter of the way into the bright half: 200 * 1/4 = 50, then 150.
+HAND_MADE = {
+    "colours to luma": _quadrants(),
+    "RGBA drops alpha": _with_alpha("RGBA"),
+    "grey with alpha drops alpha": _with_alpha("LA"),
+    "constant colour of another size": (png(np.full((20, 30, 3), (10, 20, 30), np.uint8), "RGB"),
+                                        np.full((8, 8), 18, np.uint8)),
+    "shrunk bilinearly": _step(16, 255, [0, 0, 0, 32, 223, 255, 255, 255]),
+    "enlarged bilinearly": _step(4, 200, [0, 0, 0, 50, 150, 200, 200, 200]),
+}
+
+
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
 def test_encoded_images_are_decoded_converted_and_resized(client, tiny_model, format):
     # Colour images of another size: the server converts them to 8x8 grey as the metadata says.
     colour = [np.random.default_rng(i).integers(0, 256, (20, 30, 3), dtype=np.uint8) for i in range(2)]
     encoded = [encode(image, format) for image in colour]
     result = client.infer("tiny", encoded, outputs=["logits"])
-    expected = np.stack([decode_image(data, 8, 8, 1) for data in encoded])
+    expected = np.stack([pillow_grey_8x8(data) for data in encoded])
     np.testing.assert_allclose(result.outputs["logits"], reference_outputs(tiny_model, expected)["logits"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("image, expected", HAND_MADE.values(), ids=HAND_MADE.keys())
+def test_hand_made_images_reach_the_model_as_the_grey_pixels_worked_out_by_hand(client, tiny_model, image, expected):
+    assert np.array_equal(pillow_grey_8x8(image)[..., 0], expected)  # the worked-out pixels are Pillow's too
+    result = client.infer("tiny", [image], outputs=["logits"])
+    reference = reference_outputs(tiny_model, expected[None, ..., None])["logits"]
+    np.testing.assert_allclose(result.outputs["logits"], reference, rtol=1e-6)
 
 
 def test_classification_extension(client, stub, tiny_model):
