@@ -12,7 +12,7 @@ from edgecnn.serve.batcher import Batcher, RunSlots
 from edgecnn.serve.errors import DeadlinePassed, QueueFull
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import load_model
-from tests.serve.support import Gate, settings_for
+from tests.serve.support import Gate, settings_for, wait_until
 from tests.tiny_models import random_images, reference_outputs
 
 
@@ -44,9 +44,17 @@ async def hold_a_batch(batcher, gate) -> asyncio.Future:
     return running
 
 
-async def queued(batcher, count: int) -> None:
-    while batcher.queue_depth != count:
+async def until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail after a generous ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.001)
+
+
+async def queued(batcher, count: int) -> None:
+    await until(lambda: batcher.queue_depth == count, f"{count} queued requests")
 
 
 def test_idle_batcher_runs_a_request_at_once_even_with_a_long_queue_delay(model, tiny_model):
@@ -103,7 +111,7 @@ def test_busy_batcher_waits_for_company_up_to_the_queue_delay(model):
         gate.open()
         await running
         # The batch that ran is done; the queued request now waits (60 s allowed) for a second one.
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher._threads_waiting_for_company == 1, "the queued request to wait for company")
         company = asyncio.ensure_future(batcher.infer(random_images(1)))
         return (await waiting).batch_size, (await company).batch_size
 
@@ -147,15 +155,15 @@ def test_cancelled_request_leaves_the_queue_and_is_never_computed(model):
         assert batcher.queue_depth == 0 and batcher._queued_images == 0
         gate.open()
         await running
-        await asyncio.sleep(0.01)
-        return gate.batches
+        # A request after it runs after anything still queued: the cancelled one would merge into its batch.
+        marker = await asyncio.wait_for(batcher.infer(random_images(2)), timeout=30)
+        return gate.batches, marker.batch_size
 
-    assert run_with_batcher(model, scenario) == [1]
+    assert run_with_batcher(model, scenario) == ([1, 2], 2)
 
 
 async def runs_at_the_gate(gate, count: int) -> None:
-    while len(gate.batches) < count:
-        await asyncio.sleep(0.001)
+    await until(lambda: len(gate.batches) >= count, f"{count} runs at the gate")
 
 
 def test_a_second_instance_runs_a_big_batch_beside_the_first(model, tiny_model):
@@ -210,13 +218,14 @@ def test_a_request_that_waited_for_another_models_run_slot_past_its_deadline_is_
             await running
             with pytest.raises(DeadlinePassed):
                 await late
-            await asyncio.sleep(0.05)
-            return list(gate.batches)
+            # A request after them runs after anything of mine still queued, which would merge into its batch.
+            marker = await asyncio.wait_for(mine.infer(random_images(4)), timeout=30)
+            return list(gate.batches), marker.batch_size
         finally:
             await other.stop()
             await mine.stop()
 
-    assert run_with_batcher(model, scenario) == [1]  # only the other model's run was computed
+    assert run_with_batcher(model, scenario) == ([1, 4], 4)  # the other model's run, then only the marker
 
 
 def test_run_slots_are_handed_over_in_the_order_asked_for():
@@ -225,24 +234,23 @@ def test_run_slots_are_handed_over_in_the_order_asked_for():
     slots, order = RunSlots(1), []
     slots.__enter__()
     waiters = []
-    for name in ("first", "second"):
-        ready = threading.Event()
+    for position, name in enumerate(("first", "second"), start=1):
 
-        def wait(name=name, ready=ready):
-            ready.set()
+        def wait(name=name):
             with slots:
                 order.append(name)
 
         thread = threading.Thread(target=wait)
         thread.start()
-        ready.wait(5)
-        time.sleep(0.05)  # let it queue up before the next one asks
+        # It has asked once it is queued for a turn; only then does the next one ask.
+        wait_until(lambda position=position: len(slots._waiting) == position, timeout=30,
+                   what=f"{name} to queue for a slot")
         waiters.append(thread)
     slots.__exit__(None, None, None)
     with slots:  # asks after both: must come last
         order.append("third")
     for thread in waiters:
-        thread.join(5)
+        thread.join(30)
     assert order[:2] == ["first", "second"] and order[-1] == "third"
 
 

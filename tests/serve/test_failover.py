@@ -7,13 +7,15 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
+import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgecnn.serve.client import InferenceClient, channel_target
+from tests.serve.support import wait_until
 from tests.serve.test_process import ServeProcess
 from tests.tiny_models import random_images
 
@@ -39,8 +41,20 @@ def _free_port_on_every_host() -> int:
 def _replica(model, host: str, port: int) -> ServeProcess:
     replica = ServeProcess(str(model), "--host", host, "--port", str(port), "--metrics-port", "0",
                            "--provider", "cpu", "--intra-op-threads", "1")
-    replica.wait_for_log("serving")
+    replica.metrics_url = f"http://{host}:{replica.wait_for_log('serving')['metrics_port']}/metrics"
     return replica
+
+
+def _answered_by(replica: ServeProcess) -> float:
+    """ModelInfer calls this replica answered OK, from its own metrics (a restarted one counts from 0)."""
+    text = urllib.request.urlopen(replica.metrics_url, timeout=10).read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "edgecnn_requests_total" and sample.labels.get("status") == "OK")
+
+
+def _wait_for_load_on(replica: ServeProcess, what: str) -> None:
+    """The client has (re)connected to ``replica``: it answers a share of the callers' load."""
+    wait_until(lambda: _answered_by(replica) >= CALLERS, timeout=60, what=what)
 
 
 def _serving(address: str) -> bool:
@@ -67,23 +81,33 @@ def test_a_drained_a_killed_and_a_hung_replica_fail_no_request(tiny_model):
     addresses = ",".join(f"{host}:{port}" for host in HOSTS)
     failures: list[str] = []
     answered = [0]
+    started = [0] * CALLERS  # calls each caller has begun
+    finished = [0] * CALLERS  # ... and has had answered or failed
     stop = threading.Event()
     with InferenceClient(addresses, timeout=15, attempt_timeout=1.0) as client:
 
-        def caller() -> None:
+        def caller(index: int) -> None:
             while not stop.is_set():
+                started[index] += 1
                 try:
                     client.infer("tiny", random_images(1))
                     answered[0] += 1
                 except grpc.RpcError as error:
                     failures.append(f"{error.code().name}: {error.details()}")
+                finished[index] += 1
 
-        threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+        def progress(what: str) -> None:
+            """More calls answered from now on than there are callers: the load goes on."""
+            before = answered[0]
+            wait_until(lambda: answered[0] >= before + CALLERS, timeout=60, what=what)
+
+        threads = [threading.Thread(target=caller, args=(index,)) for index in range(CALLERS)]
         try:
             for thread in threads:
                 thread.start()
-            time.sleep(1.5)
             drained, killed, hung = HOSTS
+            for host in HOSTS:
+                _wait_for_load_on(replicas[host], f"load on {host}")
             counts = {"start": answered[0]}
 
             replicas[drained].process.send_signal(signal.SIGTERM)  # drain: NOT_SERVING, delay, refuse, finish
@@ -91,20 +115,25 @@ def test_a_drained_a_killed_and_a_hung_replica_fail_no_request(tiny_model):
             replicas[drained] = _replica(tiny_model, drained, port)
             counts["after drain"] = answered[0]
 
-            time.sleep(3)  # the client reconnects to the restarted replica
+            _wait_for_load_on(replicas[drained], "the client to use the restarted replica")
             replicas[killed].process.send_signal(signal.SIGKILL)
             replicas[killed].process.wait(timeout=30)
-            time.sleep(1)
+            progress("calls answered by the survivors of the kill")
             replicas[killed] = _replica(tiny_model, killed, port)
             counts["after kill"] = answered[0]
 
-            time.sleep(3)
+            _wait_for_load_on(replicas[killed], "the client to use the replica restarted after the kill")
             assert all(_serving(f"{host}:{port}") for host in (drained, killed))
             replicas[hung].process.send_signal(signal.SIGSTOP)
-            time.sleep(6)  # calls held by it are resent after 1 s; keepalive drops it within ~3 s
+            # Calls held by it are resent after 1 s (keepalive drops it within ~3 s): every call begun
+            # before the hang has ended, and the others go on answering.
+            held = list(started)
+            wait_until(lambda: all(f >= h for f, h in zip(finished, held)), timeout=60,
+                       what="every call begun before the hang to end")
+            progress("calls answered while a replica hangs")
             counts["while hung"] = answered[0]
             replicas[hung].process.send_signal(signal.SIGCONT)
-            time.sleep(1)
+            wait_until(lambda: _serving(f"{hung}:{port}"), timeout=30, what="the hung replica to serve again")
         finally:
             stop.set()
             for thread in threads:
@@ -158,9 +187,10 @@ def test_twenty_drains_under_load_lose_nothing_for_a_plain_grpc_client_that_retr
                 replicas[drained].process.send_signal(signal.SIGTERM)
                 assert replicas[drained].process.wait(timeout=30) == 0, f"repetition {repetition}"
                 replicas[drained] = _replica(tiny_model, drained, port)
-                time.sleep(0.5)
-                assert answered[0] > before, f"repetition {repetition}: no progress"
-                time.sleep(1.5)  # the channel reconnects to the restarted replica before the other drains
+                wait_until(lambda before=before: answered[0] > before, timeout=30,
+                           what=f"progress in repetition {repetition}")
+                # The channel reconnects to the restarted replica before the other drains.
+                _wait_for_load_on(replicas[drained], f"load on the restarted replica, repetition {repetition}")
         finally:
             stop.set()
             for thread in threads:

@@ -4,7 +4,9 @@ Whatever a client sends, the answer is a status that blames the request (INVALID
 NOT_FOUND, RESOURCE_EXHAUSTED, ...) or a result (OK); never INTERNAL or UNKNOWN, which say the
 server broke. Afterwards the server is alive and serves a valid request.
 
-At least 10,000 requests in all (counted as sent, asserted by the last test of the module):
+At least 10,000 requests in all: each fuzzer asserts that it sent its own share, the shares add up
+to 10,000, and each fuzzer checks afterwards that the server still serves, so every test stands on its
+own, in any order or alone:
 
 - ``test_structured_requests``: hypothesis builds ModelInferRequests field by field (any names,
   the OIP datatypes and junk, shapes of any int64 including negative and huge, raw contents that
@@ -89,6 +91,23 @@ def _status(call) -> grpc.StatusCode:
 def _record(test: str, code: grpc.StatusCode) -> None:
     SENT[test] += 1
     STATUSES.setdefault(test, Counter())[code.name] += 1
+
+
+def _start(test: str) -> None:
+    """Count this test's requests from zero: a rerun does not count the last run's."""
+    SENT[test] = 0
+    STATUSES[test] = Counter()
+
+
+def _assert_serves(server, fuzz_stub, tiny_model) -> None:
+    """After a fuzzer: the server is alive and ready, answers a valid request correctly, holds nothing."""
+    assert fuzz_stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    assert fuzz_stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+    images = random_images(3, seed=4)
+    arrays = codec.response_arrays(fuzz_stub.ModelInfer(codec.images_request("tiny", images), timeout=10))
+    np.testing.assert_allclose(arrays["logits"], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
+    batcher = server.server.batchers["tiny", "1"]
+    assert (batcher.queue_depth, server.server.service.drain.in_flight) == (0, 0)
 
 
 def _distribution(test: str) -> str:
@@ -303,8 +322,9 @@ def wild_requests(draw) -> pb.ModelInferRequest:
 requests = st.one_of(perturbed_requests(), perturbed_requests(), wild_requests())
 
 
-def test_structured_requests(fuzz_stub):
+def test_structured_requests(server, fuzz_stub, tiny_model):
     test = "structured"
+    _start(test)
 
     @settings(max_examples=STRUCTURED, **FUZZ_SETTINGS)
     @given(requests)
@@ -318,6 +338,7 @@ def test_structured_requests(fuzz_stub):
     assert SENT[test] >= STRUCTURED, _distribution(test)
     assert STATUSES[test]["OK"] > 0, "the fuzzer never reached inference"
     assert STATUSES[test]["INVALID_ARGUMENT"] > 0 and STATUSES[test]["NOT_FOUND"] > 0
+    _assert_serves(server, fuzz_stub, tiny_model)
 
 
 # --- byte-level mutation of valid serialized requests -------------------------------------------
@@ -394,6 +415,7 @@ class Mutants:
 
     def __init__(self, test: str) -> None:
         self.test = test
+        _start(test)
         self.by_parse: Counter[tuple[bool, str]] = Counter()
         self.broken: list[tuple[bool, str, bytes]] = []
 
@@ -424,7 +446,7 @@ def mutated(draw) -> bytes:
     return mutate(seed, random.Random(draw(st.integers(0, 2**32 - 1))))
 
 
-def test_mutated_bytes_hypothesis(send_raw):
+def test_mutated_bytes_hypothesis(send_raw, server, fuzz_stub, tiny_model):
     mutants = Mutants("hypothesis mutations")
 
     @settings(max_examples=HYPOTHESIS_MUTATIONS, **FUZZ_SETTINGS)
@@ -434,9 +456,10 @@ def test_mutated_bytes_hypothesis(send_raw):
 
     send()
     mutants.check(HYPOTHESIS_MUTATIONS)
+    _assert_serves(server, fuzz_stub, tiny_model)
 
 
-def test_mutated_bytes_seeded(send_raw):
+def test_mutated_bytes_seeded(send_raw, server, fuzz_stub, tiny_model):
     mutants = Mutants("seeded mutations")
     rng = random.Random(20240601)
     for i in range(SEEDED_MUTATIONS):
@@ -448,16 +471,10 @@ def test_mutated_bytes_seeded(send_raw):
                 break
         mutants.send(send_raw, data)
     mutants.check(SEEDED_MUTATIONS)
+    _assert_serves(server, fuzz_stub, tiny_model)
 
 
-def test_server_is_alive_and_serves_after_at_least_10000_requests(server, fuzz_stub, tiny_model):
-    """The module's last test: runs after the fuzzers above (pytest keeps file order)."""
-    print(f"\nsent per test: {dict(SENT)}")
-    assert sum(SENT.values()) >= TOTAL, f"only {dict(SENT)}: run the whole module"
-    assert fuzz_stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
-    assert fuzz_stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
-    images = random_images(3, seed=4)
-    arrays = codec.response_arrays(fuzz_stub.ModelInfer(codec.images_request("tiny", images), timeout=10))
-    np.testing.assert_allclose(arrays["logits"], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
-    batcher = server.server.batchers["tiny", "1"]
-    assert (batcher.queue_depth, server.server.service.drain.in_flight) == (0, 0)
+def test_the_fuzzers_send_at_least_10000_requests_in_all():
+    """Each fuzzer asserts that it sent its share (and that the server serves afterwards); the shares
+    add up to the 10,000, whichever order the tests run in."""
+    assert STRUCTURED + HYPOTHESIS_MUTATIONS + SEEDED_MUTATIONS >= TOTAL
