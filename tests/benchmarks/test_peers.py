@@ -5,14 +5,18 @@ table (median and worst round, every error). The end-to-end run needs the peers'
 from __future__ import annotations
 
 import ast
+import asyncio
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
+import types
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecnn.benchmarks.peers import (
@@ -21,7 +25,8 @@ from edgecnn.benchmarks.peers import (
     triton_launcher_config, write_mlserver_folder,
 )
 from edgecnn.benchmarks.servers import free_port
-from tests.tiny_models import write_tiny_model
+from tests.serve.support import wait_until
+from tests.tiny_models import random_images, reference_outputs, write_tiny_model
 
 PORTS = {"grpc": 18001, "http": 18002, "metrics": 18003}
 
@@ -78,9 +83,96 @@ def test_the_triton_launcher_config_has_our_names_dims_without_batch_and_the_dyn
         assert f'config["{key}"]' in launcher, key  # every key written is read
 
 
-def test_the_peer_setup_files_compile():
-    for path in PEER_SETUP.glob("*.py"):
-        compile(path.read_text(), str(path), "exec")
+def _peer_module(name: str, monkeypatch, fakes: dict[str, types.ModuleType]) -> types.ModuleType:
+    """A peer_setup file imported as the peer imports it (beside peer_session.py), with stand-ins for the
+    peer's own packages, which this venv does not have."""
+    for module_name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, module_name, module)
+    monkeypatch.syspath_prepend(str(PEER_SETUP))
+    spec = importlib.util.spec_from_file_location(name, PEER_SETUP / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # not left in sys.modules, bound to the stand-ins
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake(name: str, **attributes) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
+
+
+def test_the_mlserver_runtime_loads_the_model_its_settings_name_and_answers_with_its_outputs(wide_model, monkeypatch):
+    class MLModel:  # MLServer's base class: the model-settings.json it was given, and its name and version
+        def __init__(self, settings):
+            self.settings, self.name, self.version = settings, settings.name, settings.parameters.version
+
+    class NumpyCodec:  # the request input already holds the array; an output is (name, array)
+        decode_input = staticmethod(lambda request_input: request_input.data)
+        encode_output = staticmethod(lambda name, array: (name, array))
+
+    fakes = {"mlserver": _fake("mlserver", MLModel=MLModel), "mlserver.codecs": _fake("mlserver.codecs", NumpyCodec=NumpyCodec),
+             "mlserver.types": _fake("mlserver.types", InferenceRequest=object, InferenceResponse=types.SimpleNamespace)}
+    runtime = _peer_module("mlserver_runtime", monkeypatch, fakes)
+    written = mlserver_model_settings(model_tensors(wide_model), wide_model, threads=1)
+    settings = types.SimpleNamespace(name=written["name"], parameters=types.SimpleNamespace(
+        uri=written["parameters"]["uri"], extra=written["parameters"]["extra"], version="1"))
+    model = runtime.OnnxRuntimeModel(settings)
+    assert asyncio.run(model.load()) is True
+    assert model._session.get_session_options().intra_op_num_threads == 1
+    images = random_images(3, height=6, width=10, channels=3)
+    request = types.SimpleNamespace(inputs=[types.SimpleNamespace(data=images)])
+    response = asyncio.run(model.predict(request))
+    assert (response.model_name, response.model_version) == ("wide", "1")
+    assert [name for name, _ in response.outputs] == ["logits", "probabilities"]
+    reference = reference_outputs(wide_model, images)
+    for name, array in response.outputs:
+        np.testing.assert_allclose(array, reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_triton_launcher_binds_the_config_it_is_given_and_infers_with_the_model(wide_model, tmp_path, monkeypatch):
+    bound: dict = {}
+
+    class Triton:  # pytriton's server: record what the launcher binds, and call its infer once while serving
+        def __init__(self, config):
+            bound["server"] = config
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, **kwargs):
+            bound.update(kwargs)
+
+        def serve(self):
+            bound["answer"] = bound["infer_func"](images=bound["images"])
+
+    def record(**kwargs):
+        return kwargs
+
+    fakes = {"pytriton": _fake("pytriton"), "pytriton.decorators": _fake("pytriton.decorators", batch=lambda f: f),
+             "pytriton.model_config": _fake("pytriton.model_config", DynamicBatcher=record, ModelConfig=record,
+                                            Tensor=record),
+             "pytriton.triton": _fake("pytriton.triton", Triton=Triton, TritonConfig=record)}
+    launcher = _peer_module("triton_launcher", monkeypatch, fakes)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(triton_launcher_config(model_tensors(wide_model), wide_model, 1, PORTS)))
+    monkeypatch.setattr(sys, "argv", ["triton_launcher.py", str(config)])
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave this process's SIGTERM alone
+    bound["images"] = random_images(2, height=6, width=10, channels=3)
+    launcher.main()
+    assert bound["server"] == dict(grpc_address="127.0.0.1", grpc_port=18001, http_address="127.0.0.1",
+                                   http_port=18002, metrics_port=18003, exit_on_error=True)
+    assert bound["model_name"] == "wide" and bound["strict"] is False
+    assert bound["inputs"] == [dict(name="images", dtype=np.dtype("uint8"), shape=(6, 10, 3))]
+    assert bound["outputs"] == [dict(name="logits", dtype=np.dtype("float32"), shape=(5,)),
+                                dict(name="probabilities", dtype=np.dtype("float32"), shape=(5,))]
+    assert bound["config"] == dict(max_batch_size=64, batcher=dict(max_queue_delay_microseconds=100))
+    reference = reference_outputs(wide_model, bound["images"])
+    assert sorted(bound["answer"]) == ["logits", "probabilities"]
+    for name, array in bound["answer"].items():
+        np.testing.assert_allclose(array, reference[name], rtol=1e-5, atol=1e-6)
 
 
 def test_the_peers_session_is_set_up_as_edgecnn_serves(tiny_model):
@@ -100,11 +192,11 @@ def test_the_peers_session_is_set_up_as_edgecnn_serves(tiny_model):
 
 def test_stopping_a_peer_leaves_none_of_its_process_group(tmp_path):
     # A leader whose background children ignore SIGINT, like a server's workers that outlive it.
-    process = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
-    assert live_group_members(process.pid)
+    process = subprocess.Popen(["bash", "-c", "sleep 600 & sleep 600 & wait"], start_new_session=True)
+    wait_until(lambda: len(live_group_members(process.pid)) == 3, what="the leader and both children running")
     stop_process_group(process, timeout_s=2.0, grace_s=0.5)
-    time.sleep(0.1)  # SIGKILL is delivered asynchronously
-    assert live_group_members(process.pid) == []
+    # SIGKILL is delivered asynchronously; without it the children would outlive this deadline by minutes
+    wait_until(lambda: live_group_members(process.pid) == [], timeout=60.0, what="the whole group gone")
 
 
 def test_a_peer_that_exits_says_so_with_its_last_log_lines(tmp_path):

@@ -98,12 +98,28 @@ def test_served_points_have_floors_ratios_and_the_servers_own_times(bench_run):
 
 
 def test_scenarios(bench_run):
-    scenarios = bench_run.report["served"][0]["scenarios"]
-    assert scenarios["single-stream"]["concurrency"] == 1 and scenarios["single-stream"]["p90_ms"] > 0
-    assert scenarios["offline"]["concurrency"] in (1, 3)
+    (run,) = bench_run.report["served"]
+    scenarios = run["scenarios"]
+    closed = {p["served"]["concurrency"]: p["served"] for p in run["points"] if p["served"]["mode"] == "closed"}
+    # single-stream and offline reuse the sweep's points: c=1, and the closed point with the most images/s
+    assert scenarios["single-stream"]["concurrency"] == 1
+    assert scenarios["single-stream"]["p90_ms"] == closed[1]["latency"]["p90_ms"] > 0
+    offline = max(closed.values(), key=lambda s: s["images_per_s"])
+    assert scenarios["offline"]["concurrency"] == offline["concurrency"]
+    assert scenarios["offline"]["images_per_s"] == offline["images_per_s"]
+    # server: bisect the Poisson rate below the offline ceiling; a step passes within 10 ms p99 without errors
     server = scenarios["server"]
-    assert len(server["steps"]) == 2 and server["latency_bound_ms"] == 10.0
-    assert server["max_rate"] is None or server["p99_ms"] <= 10.0
+    steps = server["steps"]
+    assert len(steps) == 2 and server["latency_bound_ms"] == 10.0
+    ceiling = offline["requests_per_s"]
+    assert steps[0]["rate"] == pytest.approx(ceiling / 2)
+    assert steps[1]["rate"] == pytest.approx(ceiling * (3 / 4 if steps[0]["passed"] else 1 / 4))
+    for step in steps:
+        assert step["passed"] == (step["p99_ms"] is not None and step["p99_ms"] <= 10.0 and not step["errors"]), step
+    passed = [step for step in steps if step["passed"]]
+    best = max(passed, key=lambda step: step["rate"]) if passed else None
+    assert server["max_rate"] == (best["rate"] if best else None)
+    assert server["p99_ms"] == (best["p99_ms"] if best else None)
 
 
 def test_plots_and_markdown_are_written(bench_run):
@@ -115,13 +131,38 @@ def test_plots_and_markdown_are_written(bench_run):
     assert all(f"]({name})" in markdown for name in names)
 
 
+def _throughput_doubled(report: dict) -> dict:
+    """The same run as if measured on a machine twice as fast in-process and over the wire."""
+    faster = json.loads(json.dumps(report))
+    for row in faster["inprocess"]:
+        row["images_per_s"] *= 2
+    for run in faster["served"]:
+        for point in run["points"]:
+            point["served"]["requests_per_s"] *= 2
+    return faster
+
+
 def test_compare_prints_ratios_between_two_runs(bench_run, tmp_path):
-    # A run compared with itself: every matched figure has the ratio 1.00x.
-    rows = comparison_rows(bench_run.report, bench_run.report)
-    assert rows and all(a == b for _, _, a, b in rows)
-    result = CliRunner().invoke(app, ["bench", "--compare", str(bench_run.json_path), str(bench_run.json_path)])
+    report = bench_run.report
+    faster = _throughput_doubled(report)
+    rows = comparison_rows(report, faster)
+    # one entry per batch size in-process, per served load, and per scenario, each row matched with itself
+    assert {what for what, _, _, _ in rows} == {
+        "fp32 in-process CPU batch 1", "fp32 in-process CPU batch 2", "fp32 in-process CPU batch 4",
+        "fp32 served batch 2 c=1", "fp32 served batch 2 c=3", "fp32 served batch 2 100/s",
+        "fp32 single-stream", "fp32 offline", "fp32 server"}
+    doubled = [(what, metric) for what, metric, a, b in rows if b is not None and a is not None and b == 2 * a]
+    assert sorted(doubled) == sorted((what, metric) for what, metric, _, _ in rows
+                                     if metric in ("images/s", "req/s") and ("in-process" in what or "served" in what))
+    assert all(a == b for what, metric, a, b in rows if (what, metric) not in doubled)
+    (tmp_path / "faster.json").write_text(json.dumps(faster))
+    result = CliRunner().invoke(app, ["bench", "--compare", str(bench_run.json_path), str(tmp_path / "faster.json")],
+                                env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert "1.00x" in result.output and "images/s" in result.output
+    lines = result.output.splitlines()
+    batch_4 = next(line for line in lines if "in-process CPU batch 4" in line and "images/s" in line)
+    p50_c3 = next(line for line in lines if "served batch 2 c=3" in line and "p50 ms" in line)
+    assert "2.00x" in batch_4 and "1.00x" in p50_c3, result.output
 
 
 def test_compare_matches_two_variants_on_the_load_alone(bench_run):
@@ -130,8 +171,11 @@ def test_compare_matches_two_variants_on_the_load_alone(bench_run):
         row["variant"] = "int8"
     for run in other["served"]:
         run["label"] = "int8"
-    rows = comparison_rows(bench_run.report, other)
-    assert len(rows) == len(comparison_rows(bench_run.report, bench_run.report))
+    # int8 on a faster machine against fp32: each figure matched with the same load's, as for one variant
+    rows = comparison_rows(bench_run.report, _throughput_doubled(other))
+    same_variant = comparison_rows(bench_run.report, _throughput_doubled(bench_run.report))
+    assert rows == [(what.removeprefix("fp32 "), metric, a, b) for what, metric, a, b in same_variant]
+    assert not any(what.startswith(("fp32", "int8")) for what, _, _, _ in rows)
 
 
 def test_errors_are_counted_by_status_code(tiny_model, loadgen):

@@ -23,10 +23,10 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 1
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines[0].startswith("error:"), result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     for fragment in fragments:
-        assert fragment in result.output.replace("\n", " ")
+        assert fragment in lines[0], result.output
     assert "Traceback" not in result.output
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from edgecnn.serve import lifecycle
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.repository import ModelConfig, RepositoryError, VersionPolicy
 from edgecnn.serve.server import start_server
@@ -205,21 +206,32 @@ def test_poll_replaces_a_changed_file_and_keeps_serving_the_old_one_when_the_new
 # --- reloads under load, and storms ---------------------------------------------------------------
 
 
-def test_reloads_under_load_fail_no_request(repository):
+def test_reloads_under_load_fail_no_request(repository, monkeypatch):
     settings = settings_for(repository, model_control_mode="explicit", load_model=("alpha",))
     failures: list[str] = []
-    answered = [0]
+    answered: list[str] = []  # the version that answered each request, in order
+    during_reloads: list[set[str]] = []  # the versions that answered while each reload was loading its file
     stop = threading.Event()
     with start_server(settings) as running:
         def caller():
             with InferenceClient(running.address) as client:
                 while not stop.is_set():
                     try:
-                        client.infer("alpha", random_images(1))
-                        answered[0] += 1
+                        answered.append(client.infer("alpha", random_images(1)).model_version)
                     except grpc.RpcError as error:
                         failures.append(error.code().name)
 
+        real_load_model = lifecycle.load_model
+
+        def load_model_while_serving(*args, **kwargs):
+            # Each reload holds its new file until 8 more requests are answered: they overlap the reload.
+            before = len(answered)
+            model = real_load_model(*args, **kwargs)
+            wait_until(lambda: len(answered) >= before + 8, timeout=60.0, what="requests answered during a reload")
+            during_reloads.append(set(answered[before:]))
+            return model
+
+        monkeypatch.setattr(lifecycle, "load_model", load_model_while_serving)  # after alpha/1 loaded at start
         threads = [threading.Thread(target=caller) for _ in range(8)]
         for thread in threads:
             thread.start()
@@ -231,7 +243,8 @@ def test_reloads_under_load_fail_no_request(repository):
         for thread in threads:
             thread.join()
         assert failures == []
-        assert answered[0] > 0
+        # while version N + 1 loaded, version N answered (and none yet of the one loading)
+        assert [max(versions, key=int) for versions in during_reloads] == [str(v) for v in range(1, 11)]
         assert set(running.server.models.versions("alpha")) == {"11"}
 
 

@@ -66,11 +66,51 @@ def test_small_batches_run_single_threaded_below_the_threshold_with_the_same_out
     assert used == ["single_thread_session", "single_thread_session", "session", "session"]
 
 
-def test_single_thread_threshold_is_measured_at_load_and_1_turns_it_off(tiny_model):
+class _TimedSessions:
+    """Stands in for a loaded model when measuring the threshold: each run of a session on a batch of a
+    given size takes the scripted seconds, so the threshold it yields is known in advance."""
+
+    def __init__(self, single: dict[int, float], every_core: dict[int, float]):
+        self.single_thread_session, self.session = "single", "every core"
+        self.seconds = {"single": single, "every core": every_core}
+        self.sizes_timed: list[int] = []
+
+    def blank_feed(self, size: int = 1) -> int:
+        return size
+
+    def timed_run(self, session: str, size: int) -> float:
+        self.sizes_timed.append(size)
+        return self.seconds[session][size]
+
+
+@pytest.mark.parametrize("single, every_core, below", [
+    # the multi-threaded session is faster from batch 4 on: batches of 1 and 2 run single-threaded
+    ({1: 1.0, 2: 2.0, 4: 4.0}, {1: 1.5, 2: 2.5, 4: 3.0}, 4),
+    # faster from the first batch: no single-threaded batches at all
+    ({1: 2.0}, {1: 1.0}, 1),
+    # equal is not faster: the single thread keeps batch 1, the pool wins at 2
+    ({1: 1.0, 2: 2.0}, {1: 1.0, 2: 1.0}, 2),
+    # the single thread wins up to the largest batch: max_batch_size + 1
+    ({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}, {1: 3.0, 2: 3.0, 4: 5.0, 8: 9.0}, 9),
+])
+def test_single_thread_threshold_is_the_first_batch_size_the_thread_pool_wins(single, every_core, below):
+    timed = _TimedSessions(single, every_core)
+    assert model_module._single_thread_wins_below(timed, max_batch_size=8, budget_s=60.0) == below
+    assert sorted(set(timed.sizes_timed)) == sorted(single)  # it stops at the first size the pool wins
+
+
+@pytest.mark.parametrize("below", [1, 4, 9])
+def test_single_thread_threshold_is_measured_at_load_and_1_turns_it_off(tiny_model, monkeypatch, below):
+    measure = model_module._single_thread_wins_below
+    calls = []
+    # the real measurement runs on both sessions of the loaded model; its answer is then replaced
+    monkeypatch.setattr(model_module, "_single_thread_wins_below",
+                        lambda model, max_batch_size: calls.append(measure(model, max_batch_size)) or below)
     measured = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2, max_batch_size=8))
-    # Either session may win on a given machine; the threshold is a batch size from 1 to max + 1.
-    assert measured.single_thread_below in (1, 2, 4, 8, 9)
-    assert (measured.single_thread_session is None) == (measured.single_thread_below == 1)
+    assert len(calls) == 1 and calls[0] in (1, 2, 4, 8, 9)  # a batch size from 1 to max + 1 on this machine
+    assert measured.single_thread_below == below
+    assert (measured.single_thread_session is None) == (below == 1)
+    monkeypatch.setattr(model_module, "_single_thread_wins_below", measure)
     off = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=2, single_thread_below=1))
     assert off.single_thread_session is None and off.single_thread_below == 1
     one_thread = load_model(tiny_model, settings_for(tiny_model, intra_op_threads=1))

@@ -10,19 +10,37 @@ from typer.testing import CliRunner
 
 from edgecnn.serve.cli import app
 from tests.serve.support import encode
+from tests.tiny_models import reference_outputs
 
 
-def test_predict_prints_top_labels_of_each_image(server, tmp_path):
-    paths = []
+def _table_rows(output: str) -> list[tuple[str, str, str, str, str]]:
+    """(image, rank, label, index, score) of each row of predict's table; an image's later rows name it once."""
+    rows, image = [], ""
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 5 and cells[1].isdigit():
+            image = cells[0] or image
+            rows.append((image, *cells[1:]))
+    return rows
+
+
+def test_predict_prints_top_labels_of_each_image(server, tiny_model, tmp_path):
+    paths, expected = [], []
     for i, fmt in enumerate(["PNG", "JPEG"]):
         path = tmp_path / f"image{i}.{fmt.lower()}"
         path.write_bytes(encode(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8), fmt))
         paths.append(str(path))
+        # what the server should see: the decoded file, grey and resized (bilinear) to the model's 8x8
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), np.uint8)[None, :, :, None]
+        probabilities = reference_outputs(tiny_model, pixels)["probabilities"][0]
+        for rank, index in enumerate(np.argsort(-probabilities)[:2], start=1):
+            expected.append((str(path), str(rank), ("zero", "one", "two")[index], str(index),
+                             f"{probabilities[index]:.4f}"))
     result = CliRunner().invoke(app, ["predict", *paths, "--server", server.address, "--top-k", "2"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "tiny (version 1)" in result.output
-    assert all(path in result.output for path in paths)
-    assert sum(result.output.count(label) for label in ("zero", "one", "two")) == 4
+    assert _table_rows(result.output) == expected, result.output
 
 
 def test_predict_errors_are_one_line_with_a_nonzero_exit(server, tmp_path):
