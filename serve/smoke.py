@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 SMOKE_MODEL = Path(__file__).with_name("data") / "smoke.onnx"
-SMOKE_LABELS = ("zero", "one", "two")  # the shipped model's labels (tests/tiny_models.py wrote it)
+SMOKE_LABELS = ("zero", "one", "two")  # the shipped model's labels (tests/helpers/models.py wrote it)
 LOG_TAIL_LINES = 20
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgecnn.serve.cli import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgecnn.serve.cli import app
-from tests.tiny_models import write_tiny_model
+from tests.helpers.models import write_tiny_model
 
 ENV = {"COLUMNS": "250"}  # typer's error panel wraps long sentences at the terminal's width
 
@@ -79,7 +79,8 @@ def runs(files) -> Path:
 @pytest.fixture(scope="module")
 def server(files):
     from edgecnn.serve.server import start_server
-    from tests.serve.support import settings_for
+
+    from tests.helpers.serving import settings_for
 
     running = start_server(settings_for(files / "tiny.onnx"))
     yield running.address
@@ -254,7 +255,7 @@ def test_evaluate_on_cuda_where_there_is_none(runs):
 @pytest.mark.parametrize("flags, says", IMPORTS, ids=ids(IMPORTS))
 def test_importing_an_onnx_classifier(files, flags, says):
     pytest.importorskip("onnx")
-    from tests.export.foreign_models import write_classifier
+    from tests.helpers.foreign_models import write_classifier
 
     write_classifier(files / "foreign.onnx", channels=1, classes=3)
     args = expand(["export", "@foreign.onnx", "-o", "@imported", *flags], files)
@@ -278,7 +279,7 @@ def test_serve(files, args, says):
 
 def test_the_file_that_fails_is_named_where_the_server_can_only_count(files):
     """A server that cannot read a model's metadata names the file, in a repository too."""
-    from tests.export.foreign_models import write_classifier
+    from tests.helpers.foreign_models import write_classifier
 
     foreign = write_classifier(files / "repo" / "m" / "1" / "model.onnx", channels=1, classes=3)
     command = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()", "serve", str(files / "repo"),

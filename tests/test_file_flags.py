@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgecnn.benchmarks.certs import issue, make_pki
+from edgecnn.serve.cli import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgecnn.benchmarks.certs import issue, make_pki
-from edgecnn.serve.cli import app
-from tests.tiny_models import write_tiny_model
+from tests.helpers.models import write_tiny_model
 
 FILE = "FILE"  # where the flag's file goes in a command line
 KINDS = {  # the file given: (its name in the fixture folder, what the sentence says about it)

@@ -24,12 +24,12 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from edgecnn.benchmarks.certs import issue, make_pki
 from PIL import Image
 
-from edgecnn.benchmarks.certs import issue, make_pki
-from tests.export.foreign_models import write_classifier
-from tests.serve.test_process import ServeProcess
-from tests.tiny_models import reference_outputs, write_tiny_model
+from tests.helpers.foreign_models import write_classifier
+from tests.helpers.models import reference_outputs, write_tiny_model
+from tests.helpers.processes import ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgecnn.benchmarks.certs import issue, make_pki
 from PIL import Image
 
-from edgecnn.benchmarks.certs import issue, make_pki
-from tests.tiny_models import write_tiny_model
+from tests.helpers.models import write_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 from edgecnn.benchmarks import bench as bench_module
 from edgecnn.benchmarks import cli as bench_cli
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.serve.cli import app
+from typer.testing import CliRunner
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-
 from edgecnn.benchmarks.decompose import write_no_compute_model
 from edgecnn.export.metadata import read_metadata
-from tests.tiny_models import write_tiny_model
+
+from tests.helpers.models import write_tiny_model
 
 
 def test_the_no_compute_model_takes_the_real_models_input_and_answers_every_label(tmp_path):

@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from edgecnn.benchmarks.loadgen import JobResult, merge
 
 

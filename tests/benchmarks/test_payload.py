@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from edgecnn.benchmarks.payload import InputSpec, ModelSpec, batch_shape, build_requests, load_images
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
+from PIL import Image
 
 IMAGES = InputSpec("images", "UINT8", (-1, 8, 8, 1))
 MODEL = ModelSpec("tiny", "1", "onnxruntime", (IMAGES,))

@@ -18,15 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgecnn.benchmarks.peers import (
-    MLSERVER, PEER_SETUP, TRITON, Floors, ModelTensors, ServerFigures, TensorSpec, errors_line, floors_line,
-    live_group_members, mlserver_model_settings, model_tensors, peer_process, peer_table, stop_process_group,
-    triton_launcher_config, write_mlserver_folder,
+    MLSERVER,
+    PEER_SETUP,
+    TRITON,
+    Floors,
+    ModelTensors,
+    ServerFigures,
+    TensorSpec,
+    errors_line,
+    floors_line,
+    live_group_members,
+    mlserver_model_settings,
+    model_tensors,
+    peer_process,
+    peer_table,
+    stop_process_group,
+    triton_launcher_config,
+    write_mlserver_folder,
 )
 from edgecnn.benchmarks.servers import free_port
-from tests.serve.support import wait_until
-from tests.tiny_models import random_images, reference_outputs, write_tiny_model
+
+from tests.helpers.models import random_images, reference_outputs, write_tiny_model
+from tests.helpers.serving import wait_until
 
 PORTS = {"grpc": 18001, "http": 18002, "metrics": 18003}
 

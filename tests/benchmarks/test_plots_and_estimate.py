@@ -11,11 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from edgecnn.benchmarks import plots
-from edgecnn.benchmarks.bench import (LOADGEN_START_S, REPORT_S, RUN_SETUP_S, SERVER_START_S, duration_text,
-                                      estimate_run, inprocess_configs, run_bench, served_points)
+from edgecnn.benchmarks.bench import (
+    LOADGEN_START_S,
+    REPORT_S,
+    RUN_SETUP_S,
+    SERVER_START_S,
+    duration_text,
+    estimate_run,
+    inprocess_configs,
+    run_bench,
+    served_points,
+)
 from edgecnn.benchmarks.inprocess import InProcessResult
 from edgecnn.benchmarks.loadgen import JobResult, merge
 from edgecnn.benchmarks.scenarios import ComparedPoint, ServedRun
@@ -23,8 +30,10 @@ from edgecnn.benchmarks.servers import start_edgecnn_server
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.benchmarks.stats import summarize
 from edgecnn.serve.cli import app
-from tests.benchmarks.test_real_run import QUICK
-from tests.tiny_models import write_tiny_model
+from typer.testing import CliRunner
+
+from tests.helpers.benching import QUICK
+from tests.helpers.models import write_tiny_model
 
 needs_plots = pytest.mark.skipif(not plots.plots_available(), reason="the plots extra (matplotlib) is not installed")
 

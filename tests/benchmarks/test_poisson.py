@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgecnn.benchmarks.loadgen import poisson_arrivals, split_evenly
 
 

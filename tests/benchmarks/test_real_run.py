@@ -8,21 +8,21 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
 from edgecnn.benchmarks.bench import run_bench
+from edgecnn.benchmarks.compare import comparison_rows
 from edgecnn.benchmarks.inprocess import run_inprocess
 from edgecnn.benchmarks.payload import build_requests, fetch_model_spec, infer_once
-from edgecnn.benchmarks.compare import comparison_rows
 from edgecnn.benchmarks.report import SCHEMA, load_report, schema_problems
 from edgecnn.benchmarks.servers import start_echo_server, start_edgecnn_server
 from edgecnn.benchmarks.settings import BenchSettings
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.cli import app
+from typer.testing import CliRunner
+
+from tests.helpers.benching import QUICK
 
 pytestmark = pytest.mark.slow
 
-QUICK = dict(warmup_s=0.1, window_s=0.1, max_seconds=0.5, point_warmup_s=0.2, duration_s=0.5, search_steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgecnn.benchmarks.stats import is_stable, ratio, relative_spread, summarize
 from edgecnn.benchmarks.timing import interleaved, time_calls
 

@@ -7,27 +7,17 @@ the `edgecnn export` command itself, with a single timing round to stay short.
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from edgecnn.serve.cli import app
 from edgecnn.train.data import EMBEDDED_DIR
-from edgecnn.train.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx_pair
+from edgecnn.train.idx import read_idx_pair
+
+from tests.helpers.datasets import write_idx_pair
+from tests.helpers.exporting import ACCURACY_BOUND, FAST_TIMING, run_export
 
 TRAIN_IMAGES = 1000
 TEST_IMAGES = 500
-FAST_TIMING = ["--timing-rounds", "1", "--throughput-batch", "16"]
-# 500 test images make one image 0.2 points: a short run's model is held to 2 points, not the default 0.5.
-ACCURACY_BOUND = 0.02
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()))
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +27,7 @@ def mnist_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("mnist")
     splits = {"train": slice(0, TRAIN_IMAGES), "t10k": slice(8000, 8000 + TEST_IMAGES)}
     for split, rows in splits.items():
-        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images[rows][..., 0], IMAGES_MAGIC)
-        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels[rows], LABELS_MAGIC)
+        write_idx_pair(directory, split, images[rows][..., 0], labels[rows], gz=True)
     return directory
 
 
@@ -53,11 +42,6 @@ def run_dir(tmp_path_factory, mnist_dir: Path) -> Path:
         val_split=0.0, run_dir=str(tmp_path_factory.mktemp("runs") / "fashion"),
     )
     return train(settings, progress=False)
-
-
-def run_export(*args: str):
-    """`edgecnn export ...` in this process; returns the click Result."""
-    return CliRunner().invoke(app, ["export", *map(str, args)])
 
 
 @pytest.fixture(scope="session")

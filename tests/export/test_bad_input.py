@@ -8,11 +8,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from edgecnn.export import exporter, quantize
 from edgecnn.export.settings import ExportError, ExportSettings
 
-from .conftest import FAST_TIMING, run_export
+from tests.helpers.exporting import FAST_TIMING, run_export
 
 
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:

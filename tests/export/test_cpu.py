@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from edgecnn.export.cpu import OTHER, cpu_flags, cpu_path, describe_cpu_path
 
 

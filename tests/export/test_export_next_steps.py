@@ -18,18 +18,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
-
 from edgecnn.export.pipeline import TIE_MARGIN, serving_choice
 from edgecnn.export.report import VariantResult
 from edgecnn.serve.cli import app
 from edgecnn.serve.server import start_server
-from tests.serve.support import encode, settings_for
+from typer.testing import CliRunner
 
-from .conftest import ACCURACY_BOUND, run_export
-from .foreign_models import write_classifier
-from .test_import import COLOURS, colour_classifier, colour_folder
-from .test_int8_speed import int8_speed
+from tests.helpers.exporting import ACCURACY_BOUND, COLOURS, colour_classifier, colour_folder, int8_speed, run_export
+from tests.helpers.foreign_models import write_classifier
+from tests.helpers.serving import encode, settings_for
 
 ONE_ROUND = ["--timing-rounds", "1"]
 

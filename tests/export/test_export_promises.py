@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from edgecnn.export import exporter, importer, quantize
 from edgecnn.export.pipeline import _choose_recipe
 from edgecnn.export.report import RecipeResult
 from edgecnn.export.settings import ExportSettings
 
-from .conftest import ACCURACY_BOUND, FAST_TIMING, run_export
-from .foreign_models import write_classifier
+from tests.helpers.exporting import ACCURACY_BOUND, FAST_TIMING, run_export
+from tests.helpers.foreign_models import write_classifier
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from edgecnn.export.cpu import cpu_path
 from edgecnn.export.exporter import pytorch_logits
 from edgecnn.export.metadata import read_metadata
@@ -17,7 +16,7 @@ from edgecnn.train.checkpoint import load_run
 from edgecnn.train.data import DatasetSpec, load_splits
 from edgecnn.train.normalisation import Normalisation
 
-from .conftest import ACCURACY_BOUND
+from tests.helpers.exporting import ACCURACY_BOUND
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx", "dynamic": "model.dynamic.onnx"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from edgecnn.export.exporter import pytorch_logits
 from edgecnn.export.graph import wrap_for_export
 from edgecnn.train.models import create_model

@@ -16,18 +16,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
-
 from edgecnn.export.importer import parse_labels
 from edgecnn.export.metadata import read_metadata
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
-from tests.tiny_models import write_tiny_model
+from onnx import TensorProto, helper, numpy_helper
 
-from .conftest import run_export
-from .foreign_models import IMAGENET_MEAN, IMAGENET_STD, preprocess, run_original, softmax, write_classifier
+from tests.helpers.exporting import COLOURS, colour_classifier, colour_folder, run_export
+from tests.helpers.foreign_models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    preprocess,
+    run_original,
+    softmax,
+    write_classifier,
+)
+from tests.helpers.models import write_tiny_model
+from tests.helpers.serving import settings_for
 
 FAST = ["--timing-rounds", "1", "--throughput-batch", "8"]
 PARITY = 1e-4
@@ -242,32 +247,6 @@ def test_an_old_opset_is_raised_only_for_int8(tmp_path: Path):
 
 
 # --- 5. int8 from --calibration-data, within its bound ----------------------------------------
-
-
-COLOURS = ("red", "green", "blue")
-
-
-def colour_folder(root: Path, per_class: int = 10, size: int = 16) -> Path:
-    """One sub-folder per class of PNGs: the class's channel bright, the others dark."""
-    rng = np.random.default_rng(9)
-    for c, colour in enumerate(COLOURS):
-        (root / colour).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            pixels[..., c] = rng.integers(150, 256, (size, size), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / colour / f"{i:02d}.png")
-    return root
-
-
-def colour_classifier(path: Path) -> Path:
-    """A classifier that really works on colour_folder: filter k averages channel k, the head reads them."""
-    conv = np.zeros((6, 3, 3, 3), np.float32)
-    for k in range(3):
-        conv[k, k] = 1 / 9
-    conv[3:] = np.random.default_rng(10).normal(0, 0.1, (3, 3, 3, 3))
-    head = np.zeros((3, 6), np.float32)
-    head[:, :3] = 4 * np.eye(3)
-    return write_classifier(path, size=(16, 16), conv_weights=conv, fc_weights=head)
 
 
 def test_int8_of_an_imported_model_stays_within_its_bound(tmp_path: Path):

@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-
 from edgecnn.export.evaluate import compare_rounds
-from edgecnn.export.report import ExportReport, Int8Speed, never_slower_verdict, to_markdown
+from edgecnn.export.report import ExportReport, never_slower_verdict
 
-MS = 1e-3
-
-
-def rounds_of(*milliseconds: float, calls: int = 5) -> list[np.ndarray]:
-    """One array of ``calls`` equal samples (seconds) per round."""
-    return [np.full(calls, ms * MS) for ms in milliseconds]
-
-
-def int8_speed(latency_int8_ms: tuple[float, ...], throughput_int8_ms: tuple[float, ...]) -> Int8Speed:
-    fp32 = (10.0,) * len(latency_int8_ms)
-    latency = compare_rounds(1, rounds_of(*fp32), rounds_of(*latency_int8_ms))
-    throughput = compare_rounds(64, rounds_of(*fp32), rounds_of(*throughput_int8_ms))
-    return Int8Speed(
-        recipe="u8s8", cpu_path="avx2", rounds=len(fp32), latency=latency, throughput=throughput,
-        never_slower=latency.never_slower and throughput.never_slower,
-    )
+from tests.helpers.exporting import MS, int8_speed, rounds_of
 
 
 def test_one_slow_round_fails_never_slower_though_the_median_is_faster():

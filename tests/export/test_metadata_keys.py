@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-
 from edgecnn.export.metadata import PREFIX, ModelMetadata, read_metadata, write_metadata
-from tests.tiny_models import write_tiny_model
+
+from tests.helpers.models import write_tiny_model
 
 BASE = dict(name="tiny", version="1", labels=["a", "b"], height=8, width=8, channels=1)
 

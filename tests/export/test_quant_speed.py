@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecnn.benchmarks.quant_speed import PROFILE_TOP, profile_markdown, profile_op_types
-from tests.tiny_models import random_images, write_tiny_model
+
+from tests.helpers.models import random_images, write_tiny_model
 
 
 def test_profile_sums_node_time_by_op_type(tmp_path: Path):

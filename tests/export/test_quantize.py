@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from edgecnn.export import quantize
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecnn.export import quantize
-from tests.tiny_models import random_images, write_tiny_model
+from tests.helpers.models import random_images, write_tiny_model
 
 
 def run(model: onnx.ModelProto | Path, images: np.ndarray) -> list[np.ndarray]:

@@ -1,16 +1,10 @@
 from __future__ import annotations
 
 import pytest
-
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
-from tests.tiny_models import write_tiny_model
 
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
+from tests.helpers.serving import settings_for
 
 
 @pytest.fixture(scope="module")

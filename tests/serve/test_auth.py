@@ -9,9 +9,6 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve import codec
@@ -27,8 +24,11 @@ from edgecnn.serve.auth import (
     read_token_file,
 )
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
-from tests.tiny_models import random_images
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from tests.helpers.models import random_images
+from tests.helpers.serving import settings_for
 
 ALL_TOKEN = "all-scopes-Xq8vN2mWc1pXr7sLd9"
 TOKEN_OF = {"inference": "inference-Zb5tQ1nE8uYh3aKf6o", "metadata": "metadata-Hs4Lx9cR1vTe7nBq2kW",

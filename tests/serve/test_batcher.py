@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
-
 from edgecnn.serve.batcher import Batcher, RunSlots
 from edgecnn.serve.errors import DeadlinePassed, QueueFull
 from edgecnn.serve.metrics import Metrics
 from edgecnn.serve.model import load_model
-from tests.serve.support import Gate, settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import Gate, settings_for, wait_until
 
 
 @pytest.fixture(scope="module")

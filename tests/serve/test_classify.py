@@ -14,13 +14,14 @@ import grpc
 import numpy as np
 import pytest
 import typer
-from PIL import Image
-from typer.testing import CliRunner
-
 from edgecnn.export.metadata import PROBABILITIES
 from edgecnn.serve import classify as classify_module
 from edgecnn.serve import classify_cli
-from tests.tiny_models import reference_outputs
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.helpers.models import reference_outputs
+from tests.helpers.pixels import pillow_grey_8x8
 
 LABELS = ("zero", "one", "two")
 
@@ -55,16 +56,6 @@ def images(tmp_path_factory) -> Path:
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     (root / "notes.txt").write_text("not an image, and not an image suffix: the folder scan skips it")
     return root
-
-
-def pillow_grey_8x8(path: Path) -> np.ndarray | None:
-    """The model's input worked out by Pillow alone, not by edgecnn's decoder: the decoded image converted
-    to grey (ITU-R 601-2 luma, alpha dropped), then resized bilinearly to 8x8; None where Pillow reads no image."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.uint8)[..., None]
-    except OSError:
-        return None
 
 
 def expected_rows(paths: list[Path], model: Path, k: int = 3) -> dict[str, dict]:

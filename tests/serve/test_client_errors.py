@@ -12,14 +12,14 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from edgecnn.benchmarks.certs import issue, make_pki
 from edgecnn.serve.cli import app
 from edgecnn.serve.client import ChannelSecurity, InferenceClient, describe_rpc_error
 from edgecnn.serve.server import start_server
-from tests.serve.support import encode, settings_for
-from tests.tiny_models import random_images
+from typer.testing import CliRunner
+
+from tests.helpers.models import random_images
+from tests.helpers.serving import encode, settings_for
 
 EXPECT_TLS = "(the server may expect TLS: --tls-ca CA.pem, or --tls)"
 NEED_CERTIFICATE = "(the server may require a client certificate: --tls-cert and --tls-key)"

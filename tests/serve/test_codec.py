@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgecnn.export.metadata import ModelMetadata
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve import codec

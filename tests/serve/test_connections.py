@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 
 import grpc
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for, wait_until
+
+from tests.helpers.serving import settings_for, wait_until
 
 
 class States:

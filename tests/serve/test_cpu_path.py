@@ -9,14 +9,14 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from edgecnn.export.cpu import cpu_path
 from edgecnn.export.metadata import read_metadata, write_metadata
 from edgecnn.serve.model import load_model
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
+
+from tests.helpers.models import write_tiny_model
+from tests.helpers.serving import settings_for
 from tests.serve.test_startup_log import records  # noqa: F401 - the fixture that sees the server's log records
-from tests.tiny_models import write_tiny_model
 
 ELSEWHERE = "neon/dotprod" if cpu_path() != "neon/dotprod" else "avx2"
 

@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from edgecnn.serve import cli as serve_cli
 from edgecnn.serve import server as serve_server
 from edgecnn.serve.settings import ServeSettings
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "serve" / "deploy"
@@ -337,7 +336,7 @@ def test_probe_services_answer_serving_on_a_server_started_from_the_manifest(tmp
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from tests.tiny_models import write_tiny_model
+    from tests.helpers.models import write_tiny_model
 
     write_tiny_model(tmp_path / "models" / "tiny" / "1" / "model.onnx")
     container = deployment()["spec"]["template"]["spec"]["containers"][0]

@@ -10,11 +10,11 @@ import time
 from collections import Counter
 
 import grpc
-
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve.codec import images_request
-from tests.serve.test_process import LOOPBACK, ServeProcess
-from tests.tiny_models import random_images
+
+from tests.helpers.models import random_images
+from tests.helpers.processes import LOOPBACK, ServeProcess
 
 CALLERS = 16
 REPETITIONS = 20

@@ -5,37 +5,21 @@ checking, retries on UNAVAILABLE, a per-attempt timeout): one drained (SIGTERM),
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import urllib.request
 
 import grpc
 import pytest
+from edgecnn.serve.client import InferenceClient, channel_target
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgecnn.serve.client import InferenceClient, channel_target
-from tests.serve.support import wait_until
-from tests.serve.test_process import ServeProcess
-from tests.tiny_models import random_images
+from tests.helpers.models import random_images
+from tests.helpers.processes import ServeProcess, free_port_on_every_host
+from tests.helpers.serving import wait_until
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 CALLERS = 16
-
-
-def _free_port_on_every_host() -> int:
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind((HOSTS[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for host in HOSTS[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no port free on every replica address")
 
 
 def _replica(model, host: str, port: int) -> ServeProcess:
@@ -76,7 +60,7 @@ def test_several_addresses_become_one_balanced_channel():
 
 @pytest.mark.slow
 def test_a_drained_a_killed_and_a_hung_replica_fail_no_request(tiny_model):
-    port = _free_port_on_every_host()
+    port = free_port_on_every_host(HOSTS)
     replicas = {host: _replica(tiny_model, host, port) for host in HOSTS}
     addresses = ",".join(f"{host}:{port}" for host in HOSTS)
     failures: list[str] = []
@@ -157,7 +141,7 @@ def test_twenty_drains_under_load_lose_nothing_for_a_plain_grpc_client_that_retr
     from edgecnn.serve.codec import images_request
 
     hosts = HOSTS[:2]
-    port = _free_port_on_every_host()
+    port = free_port_on_every_host(HOSTS)
     replicas = {host: _replica(tiny_model, host, port) for host in hosts}
     options = [("grpc.service_config", json.dumps(FAILOVER_SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
     request = images_request("tiny", random_images(1))

@@ -33,16 +33,16 @@ from collections import Counter
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from PIL import Image
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve import codec
 from edgecnn.serve.client import CHANNEL_OPTIONS
-from tests.serve.support import encode
-from tests.tiny_models import random_images, reference_outputs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import encode
 
 BROKEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -22,14 +22,14 @@ from typing import Callable
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve import codec
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import MAX_MESSAGE_BYTES, Gate, encode, settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs
+from PIL import Image
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import MAX_MESSAGE_BYTES, Gate, encode, settings_for, wait_until
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

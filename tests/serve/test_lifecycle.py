@@ -3,7 +3,6 @@ config.json, reloads that drop nothing, and load/unload storms that leave nothin
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -14,38 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
-
-from edgecnn.protos import grpc_predict_v2_pb2 as pb
-from edgecnn.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgecnn.serve import lifecycle
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.repository import ModelConfig, RepositoryError, VersionPolicy
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs, write_tiny_model
 
-
-def publish(root, name, version, seed=0, **kwargs):
-    """The safe way: write the version under a hidden name, then rename it into place."""
-    hidden = root / name / f".{version}.tmp"
-    write_tiny_model(hidden / "model.onnx", name=name, version=version, seed=seed, **kwargs)
-    os.replace(hidden, root / name / version)
-    return root / name / version / "model.onnx"
-
-
-def index_of(stub, ready=False) -> dict[tuple[str, str], tuple[str, str]]:
-    response = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready), timeout=10)
-    return {(m.name, m.version): (m.state, m.reason) for m in response.models}
-
-
-def load(stub, name):
-    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=60)
-
-
-def unload(stub, name):
-    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name), timeout=60)
+from tests.helpers.models import random_images, reference_outputs, write_tiny_model
+from tests.helpers.repositories import index_of, live_sessions, load, publish, unload
+from tests.helpers.serving import settings_for, wait_until
 
 
 def logits(client, name, version="", seed=3):
@@ -252,15 +228,10 @@ def _threads(prefix: str) -> int:
     return sum(t.name.startswith(prefix) for t in threading.enumerate())
 
 
-def _sessions() -> int:
-    gc.collect()
-    return sum(type(o) is ort.InferenceSession for o in gc.get_objects())  # type(): no proxy lookups
-
-
 def test_32_threads_x_100_load_unload_cycles_leave_a_consistent_index_and_nothing_behind(repository):
     settings = settings_for(repository, model_control_mode="explicit", load_model=("alpha",), metrics=False)
     with start_server(settings) as running, InferenceClient(running.address, timeout=120) as client:
-        compute_before, sessions_before = _threads("edgecnn-compute"), _sessions()
+        compute_before, sessions_before = _threads("edgecnn-compute"), live_sessions()
 
         def cycles(worker: int) -> list[str]:
             errors = []
@@ -281,7 +252,7 @@ def test_32_threads_x_100_load_unload_cycles_leave_a_consistent_index_and_nothin
         assert sorted(running.server.models.batchers()) == [("alpha", "1"), ("beta", "1")]
         assert logits(client, "alpha")[0] == logits(client, "beta")[0] == "1"
         wait_until(lambda: _threads("edgecnn-compute") == compute_before + 1, what="retired compute threads gone")
-        wait_until(lambda: _sessions() == sessions_before + 1, what="only beta's session added")
+        wait_until(lambda: live_sessions() == sessions_before + 1, what="only beta's session added")
 
 
 # --- Triton's client, unchanged -------------------------------------------------------------------

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve import codec
 from edgecnn.serve.client import CHANNEL_OPTIONS, InferenceClient
-from tests.serve.test_process import LOOPBACK, ServeProcess
-from tests.tiny_models import random_images
+
+from tests.helpers.models import random_images
+from tests.helpers.processes import LOOPBACK, ServeProcess
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from edgecnn.export.metadata import MetadataError, ModelMetadata, write_metadata
 from edgecnn.serve import model as model_module
 from edgecnn.serve.model import ProviderUnavailable, load_model
-from tests.serve.support import settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import settings_for, wait_until
 
 
 def test_loaded_model_reports_its_provider_and_wire_format(tiny_model):

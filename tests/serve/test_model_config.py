@@ -20,13 +20,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for, wait_until
-from tests.serve.test_lifecycle import _sessions, index_of, load, publish, unload
-from tests.tiny_models import random_images
+
+from tests.helpers.models import random_images
+from tests.helpers.repositories import index_of, live_sessions, load, publish, unload
+from tests.helpers.serving import settings_for, wait_until
 
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -250,7 +250,7 @@ def test_100_refused_loads_leave_no_thread_session_or_memory_behind(tmp_path):
 
         # Warm-up: the first few dozen calls grow Python's and gRPC's pools by ~0.7 MB, then it stays.
         assert refuse_loads(WARM_UP_LOADS) == {"FAILED_PRECONDITION"}
-        threads, sessions, rss = _threads(), _sessions(), _rss_kb()
+        threads, sessions, rss = _threads(), live_sessions(), _rss_kb()
         assert refuse_loads(REFUSED_LOADS) == {"FAILED_PRECONDITION"}
         # What each check catches (measured here): the unbounded instances=100000 load of the probe
         # left every thread it had started (23,000, 666 MB); a batcher of 64 threads left by each of
@@ -258,7 +258,7 @@ def test_100_refused_loads_leave_no_thread_session_or_memory_behind(tmp_path):
         # session left per refused load is one more session each (131 kB of RSS each for the 256x256
         # model). The RSS bound catches any other leak of 40 kB a load; this run grows by ~0.1 MB.
         assert _threads() == threads
-        assert _sessions() == sessions
+        assert live_sessions() == sessions
         growth = _rss_kb() - rss
         assert growth < RSS_GROWTH_KB, f"VmRSS grew {growth:,} kB over {REFUSED_LOADS} refused loads"
         for kind in LEAK_KINDS:

@@ -13,12 +13,12 @@ import threading
 
 import numpy as np
 import pytest
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
-from tests.tiny_models import random_images, reference_outputs, write_tiny_model
+
+from tests.helpers.models import random_images, reference_outputs, write_tiny_model
+from tests.helpers.serving import settings_for
 
 pytestmark = pytest.mark.slow  # real servers
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgecnn.serve.cli import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgecnn.serve.cli import app
-from tests.serve.support import encode
-from tests.tiny_models import reference_outputs
+from tests.helpers.models import reference_outputs
+from tests.helpers.serving import encode
 
 
 def _table_rows(output: str) -> list[tuple[str, str, str, str, str]]:
@@ -56,9 +56,10 @@ def test_predict_errors_are_one_line_with_a_nonzero_exit(server, tmp_path):
 
 
 def test_predict_over_mutual_tls_with_a_token(tiny_model, tmp_path):
-    from edgecnn.serve.server import start_server
     from edgecnn.benchmarks.certs import issue, make_pki
-    from tests.serve.support import settings_for
+    from edgecnn.serve.server import start_server
+
+    from tests.helpers.serving import settings_for
 
     pki = make_pki(tmp_path / "pki")
     server_leaf = issue(pki, tmp_path / "pki", "localhost", server=True)
@@ -108,9 +109,8 @@ def test_predict_reports_each_image_and_fails_if_any_did(server, tmp_path):
 
 @pytest.mark.parametrize("command", ["predict", "classify", "serve"])
 def test_help_names_exactly_the_formats_the_server_decodes(command):
-    from PIL import Image as pillow
-
     from edgecnn.serve.images import FORMATS_TEXT, IMAGE_SUFFIXES, SERVED_FORMATS
+    from PIL import Image as pillow
 
     pillow.init()
     assert {pillow.registered_extensions()[suffix] for suffix in IMAGE_SUFFIXES} == set(SERVED_FORMATS)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
-import sys
-import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,64 +13,12 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from edgecnn.serve.client import InferenceClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgecnn.serve.client import InferenceClient
-from tests.serve.support import encode
-from tests.tiny_models import random_images
-
-EDGECNN = [sys.executable, "-c", "from edgecnn.serve.cli import main; main()"]
-
-
-class ServeProcess:
-    """`edgecnn serve ...` in a child process; its JSON log lines are collected from stderr."""
-
-    def __init__(self, *args: str, command: list[str] = EDGECNN) -> None:
-        self.process = subprocess.Popen(
-            [*command, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_for_log(self, msg: str, timeout: float = 60.0) -> dict:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {msg!r} log line; log so far:\n{''.join(self.log)}") from None
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if entry.get("msg") == msg:
-                return entry
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def serve_process():
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        started.append(ServeProcess(*args))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
-
-
-LOOPBACK = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--provider", "cpu", "--intra-op-threads", "1")
+from tests.helpers.models import random_images
+from tests.helpers.processes import EDGECNN, LOOPBACK, free_port
+from tests.helpers.serving import encode
 
 
 def test_server_process_has_no_torch_and_stops_cleanly_on_sigint(serve_process, tiny_model):
@@ -121,7 +66,7 @@ def _first_completed(futures):
 
 
 def test_workers_share_the_port_and_metrics(serve_process, tiny_model):
-    port = _free_port()
+    port = free_port()
     server = serve_process(
         str(tiny_model), "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
         "--provider", "cpu", "--intra-op-threads", "1",
@@ -137,13 +82,6 @@ def test_workers_share_the_port_and_metrics(serve_process, tiny_model):
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")

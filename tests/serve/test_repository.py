@@ -5,12 +5,12 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.repository import find_models, version_key
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for
-from tests.tiny_models import random_images, reference_outputs, write_tiny_model
+
+from tests.helpers.models import random_images, reference_outputs, write_tiny_model
+from tests.helpers.serving import settings_for
 
 VERSIONS = {"digits": ("1", "2", "10"), "letters": ("3",)}
 

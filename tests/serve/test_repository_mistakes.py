@@ -11,13 +11,13 @@ import sys
 
 import grpc
 import pytest
-
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.repository import RepositoryError, read_model_folder
 from edgecnn.serve.server import start_server
-from tests.serve.support import settings_for, wait_until
-from tests.serve.test_lifecycle import index_of, load, publish
-from tests.tiny_models import random_images, write_tiny_model
+
+from tests.helpers.models import random_images, write_tiny_model
+from tests.helpers.repositories import index_of, load, publish
+from tests.helpers.serving import settings_for, wait_until
 
 UNAVAILABLE = "UNAVAILABLE"
 

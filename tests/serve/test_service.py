@@ -10,16 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from PIL import Image
-
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.serve import codec
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import MAX_MESSAGE_BYTES, Gate, encode, settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.pixels import pillow_grey_8x8
+from tests.helpers.serving import MAX_MESSAGE_BYTES, Gate, encode, settings_for, wait_until
 
 
 def test_server_live_ready_and_metadata(client):
@@ -67,13 +68,6 @@ def test_infer_typed_contents(stub, tiny_model):
     tensor.contents.uint_contents.extend(images.ravel().tolist())
     arrays = codec.response_arrays(stub.ModelInfer(request))
     np.testing.assert_allclose(arrays["logits"], reference_outputs(tiny_model, images)["logits"], rtol=1e-6)
-
-
-def pillow_grey_8x8(data: bytes) -> np.ndarray:
-    """The model's input worked out by Pillow alone, not by edgecnn's decoder: the decoded image converted
-    to grey (ITU-R 601-2 luma, alpha dropped), then resized bilinearly to 8x8."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.uint8)[..., None]
 
 
 def png(array: np.ndarray, mode: str) -> bytes:

@@ -6,9 +6,8 @@ from dataclasses import fields
 
 import pytest
 import typer.main
-
-from edgecnn.serve.cli import app
 from edgecnn.serve import settings as settings_module
+from edgecnn.serve.cli import app
 from edgecnn.serve.settings import ServeSettings
 
 

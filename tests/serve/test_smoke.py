@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from edgecnn.serve.smoke import SMOKE_LABELS, SMOKE_MODEL
-from tests.tiny_models import write_tiny_model
+
+from tests.helpers.models import write_tiny_model
 
 SMOKE = [sys.executable, "-m", "edgecnn.serve.smoke"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from edgecnn.serve.server import is_loopback, start_server
-from tests.serve.support import settings_for
+
+from tests.helpers.serving import settings_for
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-
 from edgecnn.serve import codec
 from edgecnn.serve.client import InferenceClient
 from edgecnn.serve.server import start_server
-from tests.serve.support import Gate, encode, settings_for, wait_until
-from tests.tiny_models import random_images, reference_outputs
+
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import Gate, encode, settings_for, wait_until
 
 ROUNDS = 10
 PER_ROUND = 100

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-
+from edgecnn.benchmarks.certs import issue, make_pki
 from edgecnn.protos import grpc_predict_v2_pb2 as pb
 from edgecnn.protos.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from edgecnn.serve import codec
 from edgecnn.serve.server import start_server
 from edgecnn.serve.tls import ServerTls, client_credentials
-from edgecnn.benchmarks.certs import issue, make_pki
-from tests.serve.support import settings_for
-from tests.serve.test_process import LOOPBACK, ServeProcess
-from tests.tiny_models import random_images
+
+from tests.helpers.models import random_images
+from tests.helpers.processes import LOOPBACK, ServeProcess
+from tests.helpers.serving import settings_for
 
 REFUSED_WITHIN_S = 3  # a refused handshake fails at once; this only bounds a hang
 

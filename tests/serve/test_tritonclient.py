@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.serve.support import encode
-from tests.tiny_models import random_images, reference_outputs
+from tests.helpers.models import random_images, reference_outputs
+from tests.helpers.serving import encode
 
 CLIENT = """
 import json, sys
@@ -93,7 +93,8 @@ print(json.dumps(out))
 def test_tritonclient_over_mutual_tls_with_a_token_as_the_readme_shows(tiny_model, tmp_path):
     from edgecnn.benchmarks.certs import issue, make_pki
     from edgecnn.serve.server import start_server
-    from tests.serve.support import settings_for
+
+    from tests.helpers.serving import settings_for
 
     pki = make_pki(tmp_path)
     server_leaf, client_leaf = issue(pki, tmp_path, "localhost", server=True), issue(pki, tmp_path, "me", server=False)

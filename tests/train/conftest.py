@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgecnn.train.data import EMBEDDED_DIR
 from edgecnn.train.idx import read_idx_pair
-from train_helpers import write_idx_pair
+
+from tests.helpers.datasets import write_idx_pair
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 import typer
-from rich.console import Console
-from safetensors.torch import load_file
-from typer.testing import CliRunner
-
 from edgecnn.train import distributed
 from edgecnn.train.checkpoint import RESUME_STATE
 from edgecnn.train.cli import register
 from edgecnn.train.settings import SettingsError, TrainSettings
 from edgecnn.train.trainer import resume, train
-from train_helpers import rank_one_dies, write_idx_pair
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tests.helpers.datasets import write_idx_pair
 
 RUN_FILES = {"run.json", "model.safetensors", RESUME_STATE, "curves.png", "confusion.png", "samples.png"}
 
@@ -162,6 +162,17 @@ def test_a_bad_input_in_the_workers_is_the_one_process_message(even_mnist_dir: P
     (tmp_path / "taken" / "something").write_text("x")
     with pytest.raises(SettingsError, match=r"taken already exists and is not empty"):
         train(plain_settings(even_mnist_dir, tmp_path / "taken", epochs=1), progress=False, nproc=2)
+
+
+def rank_one_dies() -> None:
+    """A launched worker (spawned, so importable by name: tests/train is a package): rank 1 is killed as by the OOM killer; rank 0 waits."""
+    import os
+    import signal
+    import time
+
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # stopped by the launcher long before this
 
 
 def test_a_dying_process_ends_the_run_with_a_clear_message() -> None:

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from PIL import Image
-from typer.testing import CliRunner
-
 from edgecnn.train.checkpoint import read_run_info
 from edgecnn.train.cli import register
 from edgecnn.train.data import DatasetSpec, load_splits
+from PIL import Image
+from typer.testing import CliRunner
 
 QUICK = ["--model", "mnist-cnn", "--epochs", "1", "--batch-size", "8", "--no-progress"]
 

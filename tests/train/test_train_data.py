@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from train_helpers import random_images, write_cifar_batches, write_idx_pair, write_image_folder
 from edgecnn.train import cifar
 from edgecnn.train.data import DatasetError, DatasetSpec, load_splits, split_validation
+
+from tests.helpers.datasets import write_cifar_batches, write_idx_pair, write_image_folder
+from tests.helpers.models import random_images
 
 
 def idx_dir(tmp_path: Path, gz: bool, train: int = 6, test: int = 4) -> Path:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgecnn.train import cifar, data
 from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
 from edgecnn.train.download import RemoteFile
-from train_helpers import random_images, write_cifar_batches, write_idx_pair
+
+from tests.helpers.datasets import write_cifar_batches, write_idx_pair
+from tests.helpers.models import random_images
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

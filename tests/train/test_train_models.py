@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 import torch
-
 from edgecnn.train.models import ModelConfigError, count_parameters, create_model, list_models, model_options
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from edgecnn.train.augment import augment
 from edgecnn.train.files import atomic_path, atomic_write_text
 from edgecnn.train.settings import Augmentation
@@ -51,7 +50,6 @@ def test_learning_rate_schedules_start_and_end_sensibly(schedule: str) -> None:
 
 def test_normalisation_is_the_per_channel_mean_and_std_of_the_training_pixels() -> None:
     import numpy as np
-
     from edgecnn.train.normalisation import Normalisation
 
     images = np.random.default_rng(0).integers(0, 256, (50, 6, 7, 3), dtype=np.uint8)

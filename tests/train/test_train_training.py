@@ -6,20 +6,18 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import typer
-from rich.console import Console
-from safetensors.torch import load_file
-from typer.testing import CliRunner
-
 from edgecnn.train.checkpoint import RESUME_STATE, RunDirError, load_run
 from edgecnn.train.cli import register
 from edgecnn.train.data import DatasetError, DatasetSpec, load_splits
 from edgecnn.train.evaluate import evaluate_run
 from edgecnn.train.settings import TrainSettings
 from edgecnn.train.trainer import resume, train
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 RUN_FILES = {"run.json", "model.safetensors", RESUME_STATE, "curves.png", "confusion.png", "samples.png"}
 
@@ -197,7 +195,7 @@ def test_resume_refuses_changed_settings(cli: typer.Typer, run_dir: Path) -> Non
 
 
 def test_folder_dataset_trains_our_model_on_rgb_images(tmp_path: Path) -> None:
-    from train_helpers import write_image_folder
+    from tests.helpers.datasets import write_image_folder
 
     write_image_folder(tmp_path / "images", {"red": 12, "green": 12, "blue": 12}, size=(16, 16))
     settings = TrainSettings(dataset="folder", data_dir=str(tmp_path / "images"), model="resnet-small",

@@ -8,10 +8,9 @@ import time
 from typing import Callable
 
 import numpy as np
-from PIL import Image
-
 from edgecnn.serve.model import Model
 from edgecnn.serve.settings import ServeSettings
+from PIL import Image
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 

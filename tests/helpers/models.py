@@ -14,9 +14,8 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from edgecnn.export.metadata import INPUT_NAME, LOGITS, PROBABILITIES, ModelMetadata, write_metadata
+from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime >= 1.18 the serve extra allows

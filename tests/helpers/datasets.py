@@ -6,10 +6,11 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from edgecnn.train import cifar
 from edgecnn.train.idx import IMAGES_MAGIC, LABELS_MAGIC
+from PIL import Image
+
+from tests.helpers.models import random_images
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -27,10 +28,6 @@ def write_idx_pair(directory: Path, split: str, images: np.ndarray, labels: np.n
             (directory / f"{name}.gz").write_bytes(gzip.compress(data))
         else:
             (directory / name).write_bytes(data)
-
-
-def random_images(count: int, height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, channels), dtype=np.uint8)
 
 
 def write_cifar_batches(directory: Path, per_file: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -57,14 +54,3 @@ def write_image_folder(
             shape = (size[0], size[1], 3) if mode == "RGB" else size
             image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
             image.save(directory / name / (f"{i}.png" if i % 2 == 0 else f"{i}.jpg"))
-
-
-def rank_one_dies() -> None:
-    """A launched worker (spawned, so importable by name): rank 1 is killed as by the OOM killer; rank 0 waits."""
-    import os
-    import signal
-    import time
-
-    if os.environ["RANK"] == "1":
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(60)  # stopped by the launcher long before this
